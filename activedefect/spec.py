@@ -1,0 +1,286 @@
+"""The campaign spec: a YAML file validated by pydantic before any work starts.
+
+Every error names the field (``defects.0.vacancy``) and says how to fix it; paths are
+relative to the spec file and are resolved once, here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
+FIDELITIES = ("low", "high")
+
+
+class SpecError(ValueError):
+    """A campaign spec that cannot run; the message names the field and the fix."""
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HostSpec(_Block):
+    structure: Path = Field(description="host crystal file (any format ASE/pymatgen read), relative to the spec")
+    supercell: list[int] | list[list[int]] = Field(
+        default=[1, 1, 1], description="supercell multiples [a, b, c] or a 3x3 integer matrix"
+    )
+    oxidation_states: dict[str, int] | None = Field(default=None, description="guessed when absent")
+
+    @field_validator("supercell")
+    @classmethod
+    def _supercell_shape(cls, value: list) -> list:
+        if isinstance(value[0], list):
+            if len(value) != 3 or any(len(row) != 3 for row in value):
+                raise ValueError("a supercell matrix must be 3x3, e.g. [[2,0,0],[0,2,0],[0,0,2]]")
+        elif len(value) != 3 or any(v < 1 for v in value):
+            raise ValueError("supercell must be three positive integers, e.g. [2, 2, 2]")
+        return value
+
+
+class SubstitutionSpec(_Block):
+    site: str = Field(description="host element replaced")
+    element: str = Field(description="element put on the site")
+
+
+class InterstitialSpec(_Block):
+    element: str
+    frac_coords: tuple[float, float, float] = Field(description="fractional coordinates in the supercell")
+
+
+class DefectSpec(_Block):
+    vacancy: str | None = None
+    substitution: SubstitutionSpec | None = None
+    interstitial: InterstitialSpec | None = None
+    charges: list[int] | None = Field(default=None, description="default: ShakeNBreak/doped's guess")
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> "DefectSpec":
+        kinds = [k for k in ("vacancy", "substitution", "interstitial") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                "each defect needs exactly one of `vacancy: El`, `substitution: {site, element}` "
+                f"or `interstitial: {{element, frac_coords}}` (got {kinds or 'none'})"
+            )
+        if self.charges is not None and len(set(self.charges)) != len(self.charges):
+            raise ValueError(f"charges {self.charges} repeat a charge state")
+        return self
+
+
+class RetrySpec(_Block):
+    attempts: int = Field(default=1, ge=0, le=5, description="extra attempts after an SCF failure")
+
+
+class FidelitySpec(_Block):
+    backend: str = Field(description="xtb, gpaw, vasp or ase")
+    settings: dict[str, Any] = Field(default_factory=dict, description="passed to the backend's calculator")
+    executor: Literal["dask", "pyiron"] = "dask"
+    timeout_s: float | None = Field(default=None, gt=0)
+    retry: RetrySpec = RetrySpec()
+
+
+class HostCheckSpec(_Block):
+    enabled: bool = True
+    max_drop_eV_per_atom: float = Field(default=0.01, gt=0)
+    rattle_stdev_A: float = Field(default=0.1, gt=0)
+    max_displacement_A: float = Field(default=0.5, gt=0)
+    fmax_eV_A: float = Field(default=0.05, gt=0)
+    max_steps: int = Field(default=300, gt=0)
+
+
+class ModelSpec(_Block):
+    """MACE architecture; the defaults train in seconds per epoch on one CPU core."""
+
+    num_channels: int = Field(default=32, gt=0)
+    max_L: int = Field(default=0, ge=0, le=3)
+    max_ell: int = Field(default=2, ge=1, le=4)
+    correlation: int = Field(default=2, ge=1, le=4)
+    num_interactions: int = Field(default=2, ge=1, le=4)
+    r_max_A: float = Field(default=5.0, gt=1.0)
+    mlp_irreps: str = "16x0e"
+    charge_embedding_dim: int = Field(default=16, gt=0)
+    spin_embedding: bool = False
+
+
+class CommitteeSpec(_Block):
+    size: int = Field(default=4, ge=1, le=32)
+    epochs: int = Field(default=60, gt=0)
+    finetune_epochs: int = Field(default=20, gt=0)
+    bootstrap: bool = True
+    valid_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)
+    batch_size: int = Field(default=8, gt=0)
+    learning_rate: float = Field(default=0.01, gt=0)
+    model: ModelSpec = ModelSpec()
+
+
+class ExplorationSpec(_Block):
+    fmax_eV_A: float = Field(default=0.05, gt=0, description="force threshold of committee relaxations")
+    max_steps: int = Field(default=200, gt=0)
+    frame_interval: int = Field(default=5, gt=0, description="keep every n-th trajectory frame")
+    rattled_copies: int = Field(default=2, ge=0, description="rattled copies of each charge state's best structure")
+    rattle_stdev_A: float = Field(default=0.05, gt=0)
+    cross_charge: bool = True
+    min_distance_A: float = Field(default=0.7, gt=0)
+
+
+class BudgetSpec(_Block):
+    low: int = Field(default=2000, ge=0)
+    high: int = Field(default=200, ge=0)
+    generations: int = Field(default=20, ge=1)
+    walltime_s: float | None = Field(default=None, gt=0)
+
+
+class ConfirmSpec(_Block):
+    fmax: float = Field(default=0.02, gt=0, description="eV/Å")
+    steps: int = Field(default=200, gt=0)
+
+
+class ConvergenceSpec(_Block):
+    rmsd: float = Field(default=0.05, gt=0, description="Å, ground state vs previous generation")
+    energy: float = Field(default=0.01, gt=0, description="eV, |high label - prediction|")
+    max_force: float = Field(default=0.05, gt=0, description="eV/Å, max |F| on the high label")
+    max_spread: float | None = Field(default=None, gt=0, description="eV/Å; default: uncertainty trust_lo")
+    patience: int = Field(default=2, ge=1)
+    confirm: ConfirmSpec | None = ConfirmSpec()
+
+
+class JobqueueSpec(_Block):
+    kind: Literal["slurm", "pbs"] = "slurm"
+    queue: str | None = None
+    account: str | None = None
+    cores: int = 1
+    memory: str = "4GB"
+    walltime: str = "01:00:00"
+    job_script_prologue: list[str] = Field(default_factory=list)
+    minimum_jobs: int = 0
+    maximum_jobs: int = 4
+
+
+class ClusterSpec(_Block):
+    workers: int = Field(default=2, ge=1)
+    address: str | None = Field(default=None, description="existing scheduler, e.g. tcp://host:8786")
+    dashboard_address: str = ":8787"
+    jobqueue: JobqueueSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "ClusterSpec":
+        if self.address and self.jobqueue:
+            raise ValueError("give either `address` (existing scheduler) or `jobqueue`, not both")
+        return self
+
+
+class CampaignSpec(_Block):
+    name: str = Field(pattern=NAME_PATTERN, description="letters, digits, _ . + -; no paths")
+    host: HostSpec
+    defects: list[DefectSpec] = Field(min_length=1)
+    distortions: dict[str, Any] = Field(default_factory=dict)
+    fidelities: dict[str, FidelitySpec]
+    multiplicity: dict[str, int] = Field(default_factory=dict)
+    host_check: HostCheckSpec = HostCheckSpec()
+    committee: CommitteeSpec = CommitteeSpec()
+    exploration: ExplorationSpec = ExplorationSpec()
+    policies: list[str | dict[str, Any]] = Field(
+        default_factory=lambda: ["bootstrap", "committee-uncertainty", "stratified-high"]
+    )
+    budget: BudgetSpec = BudgetSpec()
+    convergence: ConvergenceSpec = ConvergenceSpec()
+    cluster: ClusterSpec = ClusterSpec()
+    seed: int = 0
+
+    @field_validator("fidelities")
+    @classmethod
+    def _low_and_high(cls, value: dict[str, FidelitySpec]) -> dict[str, FidelitySpec]:
+        if set(value) != set(FIDELITIES):
+            raise ValueError(
+                f"fidelities must be exactly `low` and `high` (got {sorted(value)}); "
+                "use the same backend twice for a single-fidelity campaign"
+            )
+        return value
+
+    @field_validator("multiplicity")
+    @classmethod
+    def _multiplicity_keys(cls, value: dict[str, int]) -> dict[str, int]:
+        for key, mult in value.items():
+            if not re.match(r"^.+_[+-]?\d+$", key) or mult < 1:
+                raise ValueError(
+                    f"multiplicity entry {key}: {mult} should map a charged defect name such as "
+                    "`v_Si_-1` to a multiplicity 2S+1 >= 1"
+                )
+        return value
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid campaign spec {source}:"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key; check its spelling against docs/spec.md"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: dict[str, Any], base_dir: Path, source: str = "") -> CampaignSpec:
+    """Validate a spec dict; relative paths are resolved against ``base_dir``."""
+    if not isinstance(data, dict):
+        raise SpecError(f"campaign spec {source} must be a mapping of keys to values, got {type(data).__name__}")
+    try:
+        spec = CampaignSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(_format_validation_error(error, source)) from None
+    structure = spec.host.structure
+    if not structure.is_absolute():
+        structure = (base_dir / structure).resolve()
+    if not structure.is_file():
+        raise SpecError(
+            f"invalid campaign spec {source}:\n  host.structure: file {structure} does not exist "
+            "(paths are relative to the spec file)"
+        )
+    spec = spec.model_copy(update={"host": spec.host.model_copy(update={"structure": structure})})
+    _check_backends(spec, source)
+    return spec
+
+
+def _check_backends(spec: CampaignSpec, source: str) -> None:
+    from activedefect.backends import BACKENDS
+
+    for fidelity, block in spec.fidelities.items():
+        where = f"fidelities.{fidelity}"
+        if block.backend not in BACKENDS:
+            raise SpecError(
+                f"invalid campaign spec {source}:\n  {where}.backend: unknown backend {block.backend!r}; "
+                f"available: {', '.join(sorted(BACKENDS))}"
+            )
+        try:
+            BACKENDS[block.backend].check_settings(block.settings)
+        except ValueError as error:
+            raise SpecError(f"invalid campaign spec {source}:\n  {where}.settings: {error}") from None
+
+
+def load_spec(path: str | Path) -> CampaignSpec:
+    """Read and validate a campaign spec YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"campaign spec {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SpecError(f"campaign spec {path} is not valid YAML: {error}") from None
+    return parse_spec(data, path.parent.resolve(), source=str(path))
