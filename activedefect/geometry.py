@@ -19,7 +19,14 @@ SPIN_KEY = "total_spin"
 #: ``atoms.info`` key holding the doped-style defect name without charge (``v_Si``).
 DEFECT_KEY = "defect"
 
-HASH_ROUNDING_A = 1e-5
+
+
+def _quantize(values: np.ndarray) -> np.ndarray:
+    """Values on a 1e-5 Å grid, computed from their 1e-8 Å rounding first: extxyz writes
+    8 decimals, and rounding straight to 1e-5 would flip ~1 in 10 60-atom frames after a
+    round trip (a value near a half-step boundary); this way the round trip is exact."""
+    fine = np.rint(values * 1e8).astype(np.int64)
+    return (fine + 500) // 1000
 
 
 def content_hash(atoms: Atoms, charge: int | None = None, multiplicity: int | None = None) -> str:
@@ -36,8 +43,7 @@ def content_hash(atoms: Atoms, charge: int | None = None, multiplicity: int | No
     h = hashlib.sha256()
     h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
     for array in (atoms.positions, np.asarray(atoms.cell)):
-        rounded = np.round(np.asarray(array, dtype=np.float64) / HASH_ROUNDING_A).astype(np.int64)
-        h.update(rounded.tobytes())
+        h.update(_quantize(np.asarray(array, dtype=np.float64)).tobytes())
     h.update(np.asarray(atoms.pbc, dtype=np.bool_).tobytes())
     h.update(np.array([charge, multiplicity], dtype=np.int64).tobytes())
     return h.hexdigest()[:32]
