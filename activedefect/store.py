@@ -35,7 +35,6 @@ import json
 import math
 import os
 import re
-import signal
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from zarr.core.array import AsyncArray
 from zarr.core.sync import sync
 
+from activedefect.faults import crash_point
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, content_hash
 from activedefect.labels import FAILURE_CODES, OK, LabelResult
 
@@ -74,7 +74,6 @@ ROW_CHUNK = 1 << 10
 
 #: Test hook: ``"<frames|labels>:<before_commit|mid_commit>"`` makes the writing process
 #: SIGKILL itself at that point of its next append of that table.
-KILL_HOOK_ENV = "ACTIVEDEFECT_STORE_TEST_KILL"
 
 _FIDELITY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ORIGIN_INTS = ("generation", "trajectory", "step")
@@ -116,11 +115,6 @@ LABEL_COLUMNS = (
     _Column("metadata", str),
     _Column("stress", "float64", (6,), fill=math.nan),
 )
-
-
-def _kill_hook(table: str, point: str) -> None:
-    if os.environ.get(KILL_HOOK_ENV) == f"{table}:{point}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _committed_offsets(raw: np.ndarray, where: str) -> np.ndarray:
@@ -208,10 +202,10 @@ class _Table:
         # All columns at once (the commit comes after every one has landed): ~10x faster
         # than one blocking call per array.
         sync(_gather(writes))
-        _kill_hook(self.kind, "before_commit")
+        crash_point(f"store:{self.kind}:before_commit")
         new = self.n_atoms + np.cumsum(counts, dtype=np.int64)
         self.offsets_array.resize((self.n_rows + 1 + len(new),))
-        _kill_hook(self.kind, "mid_commit")
+        crash_point(f"store:{self.kind}:mid_commit")
         self.offsets_array[self.n_rows + 1 :] = new
         self.offsets = np.concatenate([self.offsets, new])
 

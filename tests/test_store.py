@@ -32,7 +32,8 @@ from ase.build import bulk
 from activedefect.geometry import content_hash
 from activedefect.importers import import_shakenbreak_vasp, parse_defect_folder, read_vasprun_header
 from activedefect.labels import LabelResult, settings_hash
-from activedefect.store import KILL_HOOK_ENV, Store, StoreCorruptedError
+from activedefect.faults import ENV as KILL_HOOK_ENV
+from activedefect.store import Store, StoreCorruptedError
 
 SH = settings_hash("xtb", {"method": "GFN1-xTB"})
 FIXTURE = Path(__file__).parent / "data" / "shakenbreak_vasp"
@@ -78,7 +79,7 @@ def writer(path: str, batches: int, kill_at: str | None, batch: int = 4) -> None
         k = 0
         while True:
             if kill_at and k == batches:
-                os.environ[KILL_HOOK_ENV] = kill_at
+                os.environ[KILL_HOOK_ENV] = f"store:{kill_at}"
             start = store.n_frames
             assert store.add_frames([make_frame(i) for i in range(start, start + batch)]) == list(range(start, start + batch))
             todo = range(store.n_labels("xtb"), store.n_frames)
