@@ -19,9 +19,11 @@ def crash_point(name: str) -> None:
     target = os.environ.get(ENV)
     if not target:
         return
-    point, _, count = target.partition(":")
+    point, _, count = target.rpartition(":")
+    if not count.isdigit():
+        point, count = target, "1"
     if point != name:
         return
     _passes[name] = _passes.get(name, 0) + 1
-    if _passes[name] >= int(count or 1):
+    if _passes[name] >= int(count):
         os.kill(os.getpid(), signal.SIGKILL)
