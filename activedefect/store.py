@@ -643,8 +643,14 @@ class Store:
 
     def label_table(self, fidelity: str) -> pd.DataFrame:
         """One row per label (index: label row): frame, energy_eV, status, settings_hash,
-        reason, wall_s, metadata (dict)."""
-        labels = self._fidelity(fidelity)
+        reason, wall_s, metadata (dict); empty for a fidelity without labels yet."""
+        labels = self._labels.get(fidelity)
+        if labels is None:
+            columns = {"frame": "int64", "energy_eV": "float64", "status": object, "settings_hash": object,
+                       "reason": object, "wall_s": "float64", "metadata": object}
+            table = pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})
+            table.index.name = "row"
+            return table
         metadata = [json.loads(m) for m in labels.metadata]
         table = pd.DataFrame(
             {
@@ -680,8 +686,10 @@ class Store:
         frame, hash (defect, origin, REF_stress when known), arrays REF_forces.
 
         One fidelity is one level of theory; when its labels come from several settings
-        hashes, pass the one to use."""
-        labels = self._fidelity(fidelity)
+        hashes, pass the one to use. Empty for a fidelity without labels yet."""
+        labels = self._labels.get(fidelity)
+        if labels is None:
+            return []
         rows = [r for r in range(len(labels.status)) if labels.status[r] == OK]
         hashes = {labels.settings_hash[r] for r in rows}
         if settings_hash is None and len(hashes) > 1:

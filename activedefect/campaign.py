@@ -1,0 +1,581 @@
+"""Campaign: create, open, run, resume and report on one active-learning campaign.
+
+One generation = train → explore → select → label → converge (generation 0 only labels
+the bootstrap selection of the ShakeNBreak seeds). Every expensive step runs as Dask
+tasks; the driver is the only writer of the campaign directory and records each step
+before moving on, so a resume repeats no finished label and retrains no finished member.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from distributed import Client, as_completed
+
+from activedefect import faults
+from activedefect.cluster import open_cluster
+from activedefect.convergence import GroundStateRecord, assess
+from activedefect.dashboard import METADATA_KEY, serve_from_driver
+from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, content_hash, displacement
+from activedefect.labels import LabelResult
+from activedefect.reporting import LogReporter, Reporter
+from activedefect.spec import FIDELITIES, CampaignSpec, load_spec
+from activedefect.store import Store
+from activedefect.tasks import BackendCall, label_frame, relax_with_oracle, train_member_task
+from activedefect.workspace import Workspace, atomic_write_json
+
+STOP_REASONS = ("converged", "budget_low", "budget_high", "max_generations", "walltime", "error")
+
+
+class Campaign:
+    """A campaign directory and the loop that fills it.
+
+    >>> campaign = Campaign.create("campaigns/quickstart.yaml", "runs/quickstart")  # doctest: +SKIP
+    >>> campaign.run()                                                              # doctest: +SKIP
+    >>> Campaign.open("runs/quickstart").resume()                                   # doctest: +SKIP
+    """
+
+    def __init__(self, workspace: Workspace, spec: CampaignSpec):
+        self.ws = workspace
+        self.spec = spec
+        self.state: dict[str, Any] = workspace.read_state() or self._initial_state()
+        self._store: Store | None = None
+        self._client: Client | None = None
+        self.reporter: Reporter = LogReporter()
+
+    # --- construction -----------------------------------------------------------------
+    @classmethod
+    def create(cls, spec_path: str | Path, directory: str | Path | None = None) -> "Campaign":
+        """Validate the spec, check every charge state against the backends, and freeze
+        spec and inputs into a new campaign directory (nothing expensive runs here)."""
+        spec_path = Path(spec_path)
+        spec = load_spec(spec_path)
+        from activedefect.preparation import validate_seeds
+
+        validate_seeds(spec)
+        workspace = Workspace.create(spec, spec_path, directory or Path("runs") / spec.name)
+        campaign = cls(workspace, workspace.load_spec())
+        workspace.write_state(campaign.state)
+        workspace.log_event("created", spec=str(spec_path))
+        return campaign
+
+    @classmethod
+    def open(cls, directory: str | Path) -> "Campaign":
+        workspace = Workspace(directory)
+        return cls(workspace, workspace.load_spec())
+
+    def _initial_state(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "generation": -1,
+            "phase": "created",
+            "stop_reason": None,
+            "error": None,
+            "wall_s": 0.0,
+            "host_check": {},
+            "seeds": [],
+            "ground_states": {},
+            "history": [],
+            "confirm": {},
+        }
+
+    # --- store ------------------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.ws.store_path, mode="a")
+        return self._store
+
+    def _read_store(self) -> Store | None:
+        if self._store is not None:
+            return self._store
+        return Store.open(self.ws.store_path, mode="r") if self.ws.store_path.exists() else None
+
+    def backend_call(self, fidelity: str) -> BackendCall:
+        block = self.spec.fidelities[fidelity]
+        return BackendCall(block.backend, dict(block.settings), block.timeout_s, block.retry.attempts)
+
+    def settings_hash(self, fidelity: str) -> str:
+        return self.backend_call(fidelity).build().settings_hash
+
+    # --- the loop -----------------------------------------------------------------------
+    def run(
+        self,
+        *,
+        workers: int | None = None,
+        scheduler: str | None = None,
+        dashboard_address: str | None = None,
+        reporter: Reporter | None = None,
+        on_cluster=None,  # noqa: ANN001 - callback(ClusterHandle), e.g. to print the dashboard link
+    ) -> dict[str, Any]:
+        """Run (or continue) the campaign until it converges or a budget stops it.
+        Returns :meth:`status`."""
+        self.reporter = reporter or LogReporter()
+        self.ws.acquire_lock()
+        started = time.monotonic()
+        wall_before = float(self.state.get("wall_s", 0.0))
+        stop_page = None
+        try:
+            if self.state.get("stop_reason") in STOP_REASONS and self.state["stop_reason"] != "error":
+                self.reporter.message(f"campaign already stopped: {self.state['stop_reason']}")
+                return self.status()
+            self.state["stop_reason"] = None
+            with open_cluster(
+                self.spec.cluster, workers=workers, scheduler_address=scheduler, dashboard_address=dashboard_address
+            ) as handle:
+                self._client = handle.client
+                if handle.campaign_page is None:
+                    page, stop_page = serve_from_driver(self._status_with_history)
+                    handle.campaign_page = page
+                if on_cluster is not None:
+                    on_cluster(handle)
+                self.ws.log_event("run", dashboard=handle.dashboard_link, page=handle.campaign_page)
+                self._publish()
+                self._prepare()
+                while self.state["stop_reason"] is None:
+                    generation = self.state["generation"] + 1
+                    self._run_generation(generation)
+                    self.state["wall_s"] = wall_before + time.monotonic() - started
+                    self.state["stop_reason"] = self._stop_reason()
+                    self._save("generation-done")
+                self._finish()
+        except KeyboardInterrupt:
+            self.ws.log_event("interrupted")
+            raise
+        except Exception as error:
+            self.state["stop_reason"] = "error"
+            self.state["error"] = f"{type(error).__name__}: {error}"
+            self._save("error")
+            self.ws.log_event("error", error=self.state["error"])
+            raise
+        finally:
+            self.state["wall_s"] = wall_before + time.monotonic() - started
+            if self.ws.state_path.exists():
+                self.ws.write_state(self.state)
+            if stop_page is not None:
+                stop_page()
+            self._client = None
+            self.ws.release_lock()
+        return self.status()
+
+    resume = run
+
+    def _save(self, phase: str) -> None:
+        self.state["phase"] = phase
+        self.ws.write_state(self.state)
+        self._publish()
+
+    def _publish(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.set_metadata(METADATA_KEY, self._status_with_history())
+            except Exception:  # noqa: BLE001 - the dashboard must never stop the campaign
+                pass
+
+    # --- preparation: host check and seeds ----------------------------------------------
+    def _prepare(self) -> None:
+        from activedefect.preparation import build_campaign_seeds, host_check_task
+
+        if self.spec.host_check.enabled:
+            for fidelity in FIDELITIES:
+                if fidelity in self.state["host_check"]:
+                    continue
+                self._save(f"host-check-{fidelity}")
+                self.reporter.message(f"host check ({fidelity})")
+                future = self._client.submit(
+                    host_check_task, self.backend_call(fidelity), self.spec, fidelity, pure=False,
+                    resources={"label": 1}, key=f"host-check-{fidelity}",
+                )
+                result = future.result()
+                self.state["host_check"][fidelity] = result.as_dict()
+                self.store.set_bulk_energy(
+                    fidelity, result.relaxed_energy_eV, result.n_atoms, self.settings_hash(fidelity)
+                )
+                self.ws.log_event("host-check", **result.as_dict())
+                if not result.passed:
+                    self._save("host-check-failed")
+                    from activedefect.hostcheck import require_stable
+
+                    require_stable(result)
+        if not self.state["seeds"]:
+            seeds = build_campaign_seeds(self.spec)
+            frames = self.store.add_frames([seed.atoms for seed in seeds])
+            self.state["seeds"] = [
+                {"frame": int(frame), "defect": s.defect, "charge": s.charge, "multiplicity": s.multiplicity,
+                 "seed": s.distortion}
+                for frame, s in zip(frames, seeds)
+            ]
+            self._save("seeded")
+            self.ws.log_event("seeded", n_seeds=len(seeds))
+
+    # --- one generation -------------------------------------------------------------------
+    def _run_generation(self, generation: int) -> None:
+        from activedefect import selection
+
+        self.reporter.message(f"generation {generation}")
+        gen_dir = self.ws.generation_dir(generation)
+        if generation == 0:
+            exploration = None
+            requests = selection.cached_or_select(self, generation, exploration=None)
+        else:
+            model_paths = self._train(generation)
+            exploration = selection.cached_or_explore(self, generation, model_paths)
+            requests = selection.cached_or_select(self, generation, exploration=exploration)
+        self._label(requests)
+        if exploration is not None:
+            self._assess(generation, exploration)
+        self.state["generation"] = generation
+        self.ws.log_event("generation", generation=generation, labels=len(requests), dir=str(gen_dir))
+
+    def _train(self, generation: int) -> list[Path]:
+        """Train (or warm-start) every committee member not yet written for this generation."""
+        from activedefect.committee import Committee, evaluate
+        from activedefect.training import committee_config, train_settings, training_data
+
+        size = self.spec.committee.size
+        paths = [self.ws.model_path(generation, i) for i in range(size)]
+        missing = [i for i, path in enumerate(paths) if not path.exists()]
+        hashes = {f: self.settings_hash(f) for f in FIDELITIES}
+        train, valid = training_data(self.store, hashes, self.spec.committee.valid_fraction)
+        if missing:
+            self._save("train")
+            self.reporter.start("training", len(missing))
+            elements = sorted({str(e) for a in self.store.get_frames([r["frame"] for r in self.state["seeds"]])
+                               for e in a.get_chemical_symbols()})
+            config = committee_config(self.spec, self.state["seeds"], elements)
+            data = self._client.scatter(train, broadcast=True)
+            futures = {}
+            for member in missing:
+                previous = self.ws.model_path(generation - 1, member) if generation > 1 else None
+                warm = previous is not None and previous.exists()
+                futures[
+                    self._client.submit(
+                        train_member_task,
+                        data_by_head=data,
+                        config=config,
+                        seed=self.spec.seed * 1000 + member,
+                        epochs=self.spec.committee.finetune_epochs if warm else self.spec.committee.epochs,
+                        out_path=paths[member],
+                        init_from=previous if warm else None,
+                        bootstrap=self.spec.committee.bootstrap,
+                        settings=train_settings(self.spec),
+                        resources={"train": 1},
+                        pure=False,
+                        key=f"train-{generation:03d}-{member}",
+                    )
+                ] = member
+            for future in as_completed(futures):
+                report = future.result()
+                faults.crash_point("train")
+                self.ws.log_event("trained", generation=generation, member=futures[future], **report)
+                self.reporter.advance()
+        if not any(m.get("generation") == generation and m.get("kind") == "evaluation" for m in self.ws.metrics()):
+            committee = Committee.load(paths)
+            metrics = evaluate(committee, valid)
+            self.ws.append_metrics({"kind": "evaluation", "generation": generation,
+                                    "n_train": {h: len(a) for h, a in train.items()},
+                                    "n_valid": {h: len(a) for h, a in valid.items()}, **metrics})
+        return paths
+
+    def _label(self, requests: list[dict[str, Any]]) -> None:
+        """Label what is not labelled yet; each result is stored as it arrives. Requests
+        with ``relax_steps`` > 0 are short oracle relaxations from the frame."""
+        hashes = {f: self.settings_hash(f) for f in FIDELITIES}
+        done_relaxations = set(self.state.setdefault("relaxations", []))
+        singles = [
+            r for r in requests if not r.get("relax_steps")
+            and not self.store.has_label(r["fidelity"], r["frame"], hashes[r["fidelity"]])
+            and self.store.failed_attempts(r["fidelity"], r["frame"], hashes[r["fidelity"]]) == 0
+        ]
+        relaxations = [r for r in requests if r.get("relax_steps") and _relax_key(r) not in done_relaxations]
+        if not singles and not relaxations:
+            return
+        self._save("label")
+        self.reporter.start("labelling", len(singles) + len(relaxations))
+        calls = {f: self._client.scatter(self.backend_call(f), broadcast=True) for f in FIDELITIES}
+        futures = {}
+        for request in singles:
+            fidelity = request["fidelity"]
+            futures[self._client.submit(
+                label_frame, calls[fidelity], self.store.get_frame(request["frame"]), resources={"label": 1},
+                pure=False, key=f"label-{fidelity}-{request['frame']}-{hashes[fidelity]}",
+            )] = request
+        known = {f: self._client.scatter(self._known_labels(f), broadcast=True)
+                 for f in {r["fidelity"] for r in relaxations}}
+        for request in relaxations:
+            fidelity = request["fidelity"]
+            futures[self._client.submit(
+                relax_with_oracle, calls[fidelity], self.store.get_frame(request["frame"]),
+                request["relax_fmax_eV_A"], request["relax_steps"], known[fidelity], resources={"label": 1},
+                pure=False, key=f"relax-{_relax_key(request)}-{hashes[fidelity]}",
+            )] = request
+        for future in as_completed(futures):
+            request = futures[future]
+            fidelity = request["fidelity"]
+            try:
+                outcome = future.result()
+            except Exception as error:  # noqa: BLE001 - e.g. a worker lost too often
+                outcome = LabelResult.failure("crashed", hashes[fidelity], f"task failed: {error}")
+            if request.get("relax_steps"):
+                start = self.store.get_frame(request["frame"])
+                self._store_relaxation(fidelity, start, outcome if isinstance(outcome, list) else [])
+                self.state["relaxations"].append(_relax_key(request))
+                self.ws.write_state(self.state)
+            else:
+                self.store.add_labels(fidelity, [(request["frame"], outcome)])
+            faults.crash_point("label")
+            self.reporter.advance()
+            self._publish()
+
+    def _store_relaxation(self, fidelity: str, start: Atoms, evaluated: list[tuple[Atoms, LabelResult]]) -> None:
+        """Frames and labels of an oracle relaxation from ``start``; steps keep its origin."""
+        settings_hash = self.settings_hash(fidelity)
+        origin = dict(start.info.get("origin") or {})
+        for step, (frame, result) in enumerate(evaluated):
+            frame.info["origin"] = {**origin, "step": step}
+            [index] = self.store.add_frames([frame])
+            if not self.store.has_label(fidelity, index, settings_hash):
+                self.store.add_labels(fidelity, [(index, result)])
+
+    # --- convergence ------------------------------------------------------------------
+    def _assess(self, generation: int, exploration) -> None:  # noqa: ANN001
+        """Record each charge state's ground-state candidate and whether it converged."""
+        from activedefect import selection
+        from activedefect.defects import charged_name
+
+        high_hash = self.settings_hash("high")
+        labels = self.store.label_table("high")
+        trust_lo, _ = selection.trust_window(self.spec, self.ws.root)
+        for key, candidate in exploration.ground_state_candidates().items():
+            defect, charge = key
+            state = charged_name(defect, charge)
+            previous = self.state["ground_states"].get(state)
+            previous_record = GroundStateRecord.from_dict(previous) if previous else None
+            record = GroundStateRecord(
+                defect=defect, charge=charge, generation=generation, frame=int(candidate.frame),
+                seed=candidate.members[0], predicted_energy_eV=candidate.energy_eV,
+                max_force_spread_eV_A=candidate.max_force_std_eV_A,
+            )
+            rows = labels[(labels["frame"] == candidate.frame) & (labels["settings_hash"] == high_hash)
+                          & (labels["status"] == "ok")]
+            if len(rows):
+                row = rows.index[-1]
+                record.high_energy_eV = float(rows.loc[row, "energy_eV"])
+                forces = self.store.label_forces("high", row)
+                record.high_max_force_eV_A = float(np.linalg.norm(forces, axis=1).max())
+            if previous_record is not None:
+                shift = displacement(self.store.get_frame(previous_record.frame), self.store.get_frame(candidate.frame))
+                record.rmsd_to_previous_A = shift.rmsd_A
+                record.max_displacement_to_previous_A = shift.max_displacement_A
+            assess(record, previous_record, self.spec.convergence, trust_lo)
+            self.state["ground_states"][state] = record.as_dict()
+            self.state["history"].append({"state": state, **record.as_dict()})
+        self._save("assessed")
+
+    def _stop_reason(self) -> str | None:
+        gs = self.state["ground_states"]
+        if gs and len(gs) == self._n_states() and all(r["converged"] for r in gs.values()):
+            return "converged"
+        oracle = self.oracle_totals()
+        if oracle["low"]["calls"] >= self.spec.budget.low:
+            return "budget_low"
+        if oracle["high"]["calls"] >= self.spec.budget.high:
+            return "budget_high"
+        if self.state["generation"] + 1 >= self.spec.budget.generations:
+            return "max_generations"
+        walltime = self.spec.budget.walltime_s
+        if walltime is not None and self.state["wall_s"] >= walltime:
+            return "walltime"
+        return None
+
+    def _n_states(self) -> int:
+        return len({(s["defect"], s["charge"]) for s in self.state["seeds"]})
+
+    # --- the end: confirm and write the ground states -----------------------------------
+    def _finish(self) -> None:
+        confirm = self.spec.convergence.confirm
+        if confirm is not None and self.state["ground_states"]:
+            self._confirm(confirm.fmax, confirm.steps)
+        self._write_ground_states()
+        self._save("stopped")
+        self.ws.log_event("stopped", reason=self.state["stop_reason"])
+
+    def _confirm(self, fmax: float, steps: int) -> None:
+        """A short high-fidelity relaxation of each ground state; its calls are stored
+        as `high` labels (so they count in the oracle totals and feed later training)."""
+        pending = {s: r for s, r in self.state["ground_states"].items() if s not in self.state["confirm"]}
+        if not pending:
+            return
+        self._save("confirm")
+        self.reporter.start("confirm (high-fidelity relaxations)", len(pending))
+        call = self.backend_call("high")
+        known = self._client.scatter(self._known_labels("high"), broadcast=True)
+        futures = {}
+        for state, record in pending.items():
+            atoms = self.store.get_frame(record["frame"])
+            atoms.info["origin"] = {"seed": "confirm", "generation": self.state["generation"], "trajectory": -1,
+                                    "step": 0}
+            futures[self._client.submit(relax_with_oracle, call, atoms, fmax, steps, known, resources={"label": 1},
+                                        pure=False, key=f"confirm-{state}")] = (state, atoms)
+        for future in as_completed(futures):
+            state, start = futures[future]
+            evaluated = future.result()
+            self._store_relaxation("high", start, evaluated)
+            ok = [(f, r) for f, r in evaluated if r.ok]
+            summary: dict[str, Any] = {"steps": len(evaluated)}
+            if ok:
+                final, final_label = ok[-1]
+                shift = displacement(start, final)
+                summary.update(
+                    rmsd_A=shift.rmsd_A, max_displacement_A=shift.max_displacement_A,
+                    start_energy_eV=next((r.energy_eV for f, r in ok), None), final_energy_eV=final_label.energy_eV,
+                    final_max_force_eV_A=float(np.linalg.norm(final_label.forces_eV_A, axis=1).max()),
+                    frame=self.store.find_frame(final),
+                )
+            self.state["confirm"][state] = summary
+            self.ws.log_event("confirmed", state=state, **summary)
+            self._save("confirm")
+            self.reporter.advance()
+
+    def _known_labels(self, fidelity: str) -> dict[str, LabelResult]:
+        """Every ok label of ``fidelity`` under its current settings, by frame hash, so a
+        resumed oracle relaxation replays its finished steps instead of recomputing them."""
+        settings_hash = self.settings_hash(fidelity)
+        labels = self.store.label_table(fidelity)
+        hashes = self.store.frame_table()["hash"]
+        known = {}
+        for row in labels.index[(labels["status"] == "ok") & (labels["settings_hash"] == settings_hash)]:
+            known[hashes.iloc[int(labels.loc[row, "frame"])]] = LabelResult(
+                status="ok", settings_hash=settings_hash, energy_eV=float(labels.loc[row, "energy_eV"]),
+                forces_eV_A=self.store.label_forces(fidelity, row),
+            )
+        return known
+
+    def _write_ground_states(self) -> None:
+        from ase.io import write
+
+        self.ws.ground_states_dir.mkdir(exist_ok=True)
+        for state, record in self.state["ground_states"].items():
+            atoms = self.store.get_frame(record["frame"])
+            atoms.info = {CHARGE_KEY: record["charge"], "total_spin": atoms.info["total_spin"],
+                          DEFECT_KEY: record["defect"], "predicted_energy_eV": record["predicted_energy_eV"],
+                          "seed": record["seed"], "generation": record["generation"]}
+            write(self.ws.ground_states_dir / f"{state}.extxyz", atoms, format="extxyz")
+            write(self.ws.ground_states_dir / f"{state}.vasp", atoms, format="vasp", direct=True, sort=False)
+
+    # --- data in and out ------------------------------------------------------------------
+    def import_labels(self, source: str | Path, fidelity: str) -> int:
+        """Import past labelled work (an extxyz file or a ShakeNBreak VASP output folder) as
+        labels of ``fidelity``; they count as that fidelity's level of theory."""
+        from activedefect.importers import import_shakenbreak_vasp
+
+        source = Path(source)
+        self.ws.acquire_lock()
+        try:
+            settings_hash = self.settings_hash(fidelity)
+            if source.is_dir():
+                summary = import_shakenbreak_vasp(source, self.store, fidelity, settings_hash)
+                for path, reason in summary.skipped:
+                    self.reporter.message(f"skipped {path}: {reason}")
+                added = summary.labels_added
+            else:
+                added = self.store.import_extxyz(source, fidelity, settings_hash, metadata={"imported_from": str(source)})
+            self.ws.log_event("imported", source=str(source), fidelity=fidelity, labels=added)
+            return added
+        finally:
+            self.ws.release_lock()
+
+    def export(self, out: str | Path) -> list[Path]:
+        """Labelled data per fidelity (extxyz MACE trains on), the ground states, and the
+        last generation's committee as MACE model files."""
+        import shutil
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        store = self._read_store()
+        written = []
+        for fidelity in FIDELITIES:
+            path = out / f"labels-{fidelity}.extxyz"
+            if store is not None and store.export_extxyz(path, fidelity):
+                written.append(path)
+        if self.ws.ground_states_dir.exists():
+            target = out / "ground_states"
+            shutil.copytree(self.ws.ground_states_dir, target, dirs_exist_ok=True)
+            written.append(target)
+        generations = sorted((self.ws.root / "models").glob("gen-*"))
+        complete = [g for g in generations if len(list(g.glob("member-*.model"))) == self.spec.committee.size]
+        if complete:
+            target = out / "models"
+            shutil.copytree(complete[-1], target, dirs_exist_ok=True)
+            written.append(target)
+        return written
+
+    # --- what users read ------------------------------------------------------------------
+    def oracle_totals(self) -> dict[str, dict[str, float]]:
+        """Backend calculations actually run per fidelity (failures and retries included)
+        and their summed wall seconds, from the store (the single source of truth)."""
+        store = self._read_store()
+        totals = {}
+        for fidelity in FIDELITIES:
+            table = store.label_table(fidelity) if store is not None else None
+            if table is None or not len(table):
+                totals[fidelity] = {"calls": 0, "failures": 0, "seconds": 0.0}
+                continue
+            retries = sum(int(m.get("retries", 0)) for m in table["metadata"])
+            totals[fidelity] = {
+                "calls": int(len(table) + retries),
+                "failures": int((table["status"] != "ok").sum()),
+                "seconds": float(table["wall_s"].sum()),
+            }
+        return totals
+
+    def status(self) -> dict[str, Any]:
+        """The object `activedefect campaign status --json` prints."""
+        state = self.ws.read_state() if self._client is None else self.state
+        from activedefect.defects import charged_name
+
+        ground_states = []
+        recorded = state.get("ground_states", {})
+        for defect, charge in sorted({(s["defect"], s["charge"]) for s in state.get("seeds", [])}):
+            name = charged_name(defect, charge)
+            record = recorded.get(name)
+            path = self.ws.ground_states_dir / f"{name}.extxyz"
+            ground_states.append({
+                "defect": defect,
+                "charge": charge,
+                "converged": bool(record and record["converged"]),
+                "predicted_energy_eV": record["predicted_energy_eV"] if record else None,
+                "high_energy_eV": record["high_energy_eV"] if record else None,
+                "max_force_spread_eV_A": record["max_force_spread_eV_A"] if record else None,
+                "structure": str(path.relative_to(self.ws.root)) if path.exists() else None,
+            })
+        return {
+            "name": self.spec.name,
+            "generation": state.get("generation", -1),
+            "phase": state.get("phase"),
+            "converged": state.get("stop_reason") == "converged",
+            "stop_reason": state.get("stop_reason"),
+            "oracle": self.oracle_totals(),
+            "budget": {"low": self.spec.budget.low, "high": self.spec.budget.high},
+            "ground_states": ground_states,
+            "confirm": state.get("confirm", {}),
+            "wall_s": state.get("wall_s", 0.0),
+        }
+
+    def _status_with_history(self) -> dict[str, Any]:
+        status = self.status()
+        status["history"] = [
+            {k: row.get(k) for k in ("generation", "state", "predicted_energy_eV", "max_force_spread_eV_A",
+                                      "rmsd_to_previous_A", "converged")}
+            for row in self.state.get("history", [])
+        ]
+        return status
+
+
+def _relax_key(request: dict[str, Any]) -> str:
+    return f"{request['fidelity']}:{request['frame']}"

@@ -1,0 +1,186 @@
+"""`activedefect` command line: start, resume, watch and take results from a campaign."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from activedefect.spec import SpecError
+
+app = typer.Typer(help="Active learning of charged point-defect ground states.", no_args_is_help=True)
+campaign_app = typer.Typer(help="Start, resume, watch and export campaigns.", no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign")
+console = Console()
+
+
+class RichReporter:
+    """Progress bars for labelling, training, exploration; messages above them."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task = None
+
+    def start(self, phase: str, total: int) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, visible=False)
+        self.task = self.progress.add_task(phase, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, n)
+
+    def message(self, text: str) -> None:
+        self.progress.console.log(text)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=2)
+
+
+def _ground_state_table(status: dict) -> Table:
+    table = Table(title=f"Ground states of {status['name']} (stop reason: {status['stop_reason']})")
+    for column in ("defect", "charge", "predicted E (eV)", "high E (eV)", "converged", "structure"):
+        table.add_column(column)
+    for gs in status["ground_states"]:
+        table.add_row(
+            gs["defect"], f"{gs['charge']:+d}",
+            "—" if gs["predicted_energy_eV"] is None else f"{gs['predicted_energy_eV']:.4f}",
+            "—" if gs["high_energy_eV"] is None else f"{gs['high_energy_eV']:.4f}",
+            "yes" if gs["converged"] else "no", gs["structure"] or "—",
+        )
+    return table
+
+
+def _run(campaign, workers: Optional[int], scheduler: Optional[str], dashboard_address: Optional[str]) -> None:  # noqa: ANN001
+    from activedefect.workspace import CampaignLockedError
+
+    def announce(handle) -> None:  # noqa: ANN001
+        console.print(f"Dask dashboard: [link={handle.dashboard_link}]{handle.dashboard_link}[/link]")
+        console.print(f"Campaign page:  [link={handle.campaign_page}]{handle.campaign_page}[/link]")
+
+    try:
+        with _progress() as progress:
+            status = campaign.run(workers=workers, scheduler=scheduler, dashboard_address=dashboard_address,
+                                  reporter=RichReporter(progress), on_cluster=announce)
+    except CampaignLockedError as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        console.print(f"interrupted; resume with `activedefect campaign resume {campaign.ws.root}`")
+        raise typer.Exit(code=130) from None
+    console.print(_ground_state_table(status))
+    console.print(f"oracle calls: low {status['oracle']['low']['calls']}, high {status['oracle']['high']['calls']}; "
+                  f"campaign directory: {campaign.ws.root}")
+
+
+@campaign_app.command("start")
+def start(
+    spec: Path = typer.Argument(..., help="campaign spec (YAML)"),
+    dir: Optional[Path] = typer.Option(None, "--dir", help="campaign directory (default runs/<name>)"),
+    workers: Optional[int] = typer.Option(None, help="LocalCluster workers (default: spec cluster.workers)"),
+    scheduler: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler"),
+    dashboard_address: Optional[str] = typer.Option(None, help="dashboard address, e.g. :8787"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate, host-check, count seeds, estimate cost; no loop"),
+    create_only: bool = typer.Option(False, "--create-only", help="create the directory (e.g. to import data) and stop"),
+) -> None:
+    """Validate SPEC, create the campaign directory and run the loop to convergence."""
+    from activedefect.campaign import Campaign
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        if dry_run:
+            from activedefect.dryrun import dry_run as run_dry
+
+            report = run_dry(spec)
+            console.print(report.table())
+            return
+        campaign = Campaign.create(spec, dir)
+    except (SpecError, FileExistsError) as error:
+        _fail(str(error))
+    if create_only:
+        console.print(f"created {campaign.ws.root}; run it with `activedefect campaign resume {campaign.ws.root}`")
+        return
+    _run(campaign, workers, scheduler, dashboard_address)
+
+
+@campaign_app.command("resume")
+def resume(
+    dir: Path = typer.Argument(..., help="campaign directory"),
+    workers: Optional[int] = typer.Option(None),
+    scheduler: Optional[str] = typer.Option(None),
+    dashboard_address: Optional[str] = typer.Option(None),
+) -> None:
+    """Continue a campaign after a crash, a kill, Ctrl-C or a walltime stop."""
+    from activedefect.campaign import Campaign
+
+    try:
+        campaign = Campaign.open(dir)
+    except (FileNotFoundError, SpecError) as error:
+        _fail(str(error))
+    _run(campaign, workers, scheduler, dashboard_address)
+
+
+@campaign_app.command("status")
+def status(
+    dir: Path = typer.Argument(..., help="campaign directory"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Generation, oracle calls and ground states of a campaign (running or not)."""
+    from activedefect.campaign import Campaign
+
+    try:
+        result = Campaign.open(dir).status()
+    except (FileNotFoundError, SpecError) as error:
+        _fail(str(error))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    console.print(f"{result['name']}: generation {result['generation']}, phase {result['phase']}")
+    for fidelity, oracle in result["oracle"].items():
+        console.print(f"  {fidelity}: {oracle['calls']} calls ({oracle['failures']} failed), {oracle['seconds']:.1f} s")
+    console.print(_ground_state_table(result))
+
+
+@campaign_app.command("import")
+def import_labels(
+    dir: Path = typer.Argument(..., help="campaign directory (see `start --create-only`)"),
+    source: Path = typer.Argument(..., help="extxyz file or ShakeNBreak output folder with vasprun.xml files"),
+    fidelity: str = typer.Option(..., help="fidelity these labels belong to: low or high"),
+) -> None:
+    """Import labelled structures (past DFT work) as labels of FIDELITY."""
+    from activedefect.campaign import Campaign
+
+    campaign = Campaign.open(dir)
+    if fidelity not in campaign.spec.fidelities:
+        _fail(f"--fidelity {fidelity!r} is not one of {sorted(campaign.spec.fidelities)}")
+    added = campaign.import_labels(source, fidelity)
+    console.print(f"imported {added} {fidelity} labels from {source}")
+
+
+@campaign_app.command("export")
+def export(
+    dir: Path = typer.Argument(..., help="campaign directory"),
+    out: Path = typer.Option(..., "--out", help="folder to write to"),
+) -> None:
+    """Write labelled data (extxyz per fidelity), ground states and the final committee."""
+    from activedefect.campaign import Campaign
+
+    written = Campaign.open(dir).export(out)
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    app()

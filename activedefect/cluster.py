@@ -1,0 +1,131 @@
+"""Where the work runs: a LocalCluster of single-thread workers, an existing scheduler,
+or a dask-jobqueue cluster — chosen by the spec's ``cluster`` block.
+
+Tasks ask for Dask resources (``label``, ``train``, ``explore``); the LocalCluster started
+here offers one of each on every worker, and an external cluster's workers must offer
+them too (``dask worker ... --resources "label=1,train=1,explore=1"``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import dask
+from distributed import Client, LocalCluster, WorkerPlugin
+
+from activedefect.spec import ClusterSpec
+
+log = logging.getLogger(__name__)
+
+RESOURCES = {"label": 1, "train": 1, "explore": 1}
+DASHBOARD_MODULE = "activedefect.dashboard"
+_PR_SET_PDEATHSIG = 1
+
+
+class DieWithDriver(WorkerPlugin):
+    """Ask the kernel to SIGKILL a worker process when the process that spawned it dies,
+    so that a killed driver leaves no orphan worker writing into a resumed campaign."""
+
+    name = "activedefect-die-with-driver"
+
+    def setup(self, worker) -> None:  # noqa: ANN001 - dask's signature
+        try:
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # not Linux: best effort only
+            log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+
+
+@dataclass
+class ClusterHandle:
+    client: Client
+    dashboard_link: str
+    campaign_page: str | None
+    owns_cluster: bool
+
+
+def _jobqueue_cluster(spec: ClusterSpec):  # noqa: ANN202 - optional dependency
+    try:
+        import dask_jobqueue
+    except ImportError as error:
+        raise RuntimeError("cluster.jobqueue needs the `hpc` extra: pip install 'activedefect[hpc]'") from error
+    jq = spec.jobqueue
+    cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[jq.kind]
+    resources = ",".join(f"{k}={v}" for k, v in RESOURCES.items())
+    cluster = cls(
+        queue=jq.queue,
+        account=jq.account,
+        cores=jq.cores,
+        processes=jq.cores,
+        memory=jq.memory,
+        walltime=jq.walltime,
+        job_script_prologue=list(jq.job_script_prologue),
+        worker_extra_args=[f"--resources={resources}", "--nthreads=1"],
+        scheduler_options={"dashboard_address": spec.dashboard_address},
+    )
+    cluster.adapt(minimum_jobs=jq.minimum_jobs, maximum_jobs=jq.maximum_jobs)
+    return cluster
+
+
+@contextmanager
+def open_cluster(
+    spec: ClusterSpec,
+    *,
+    workers: int | None = None,
+    scheduler_address: str | None = None,
+    dashboard_address: str | None = None,
+) -> Iterator[ClusterHandle]:
+    """Start (or connect to) the cluster the spec describes; command-line overrides win."""
+    address = scheduler_address or spec.address
+    if address:
+        client = Client(address)
+        has_page = _scheduler_serves_campaign_page(client)
+        link = client.dashboard_link
+        page = link.replace("/status", "/activedefect") if has_page else None
+        try:
+            yield ClusterHandle(client, link, page, owns_cluster=False)
+        finally:
+            client.close()
+        return
+    # Non-daemonic workers: a backend with a timeout runs its calculation in a child process.
+    with dask.config.set({
+        "distributed.scheduler.http.routes": _default_routes() + [DASHBOARD_MODULE],
+        "distributed.worker.daemon": False,
+    }):
+        if spec.jobqueue is not None:
+            cluster = _jobqueue_cluster(spec)
+        else:
+            cluster = LocalCluster(
+                n_workers=workers or spec.workers,
+                threads_per_worker=1,
+                processes=True,
+                resources=dict(RESOURCES),
+                dashboard_address=dashboard_address or spec.dashboard_address,
+                env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+            )
+    client = Client(cluster)
+    client.register_plugin(DieWithDriver())
+    link = client.dashboard_link
+    try:
+        yield ClusterHandle(client, link, link.replace("/status", "/activedefect"), owns_cluster=True)
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _default_routes() -> list[str]:
+    return list(dask.config.get("distributed.scheduler.http.routes"))
+
+
+def _scheduler_serves_campaign_page(client: Client) -> bool:
+    def check(dask_scheduler) -> bool:  # noqa: ANN001 - runs on the scheduler
+        return DASHBOARD_MODULE in dask.config.get("distributed.scheduler.http.routes", [])
+
+    try:
+        return bool(client.run_on_scheduler(check))
+    except Exception:  # noqa: BLE001 - an old or locked-down scheduler: serve from the driver
+        return False

@@ -1,0 +1,73 @@
+"""Ground-state tracking and the per charge-state convergence test.
+
+A defect × charge state is converged when its ground-state candidate has stayed put
+(RMSD ≤ ``rmsd`` to the previous generation's) for ``patience`` generations, its `high`
+label exists and agrees with the prediction (|ΔE| ≤ ``energy``, max |F| ≤ ``max_force``),
+and the committee agrees there (max force spread ≤ ``max_spread``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from activedefect.spec import ConvergenceSpec
+
+
+@dataclass
+class GroundStateRecord:
+    """One charge state's ground-state candidate in one generation."""
+
+    defect: str
+    charge: int
+    generation: int
+    frame: int
+    seed: str
+    predicted_energy_eV: float
+    max_force_spread_eV_A: float
+    high_energy_eV: float | None = None
+    high_max_force_eV_A: float | None = None
+    rmsd_to_previous_A: float | None = None
+    max_displacement_to_previous_A: float | None = None
+    stable_generations: int = 0
+    converged: bool = False
+    reasons: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["reasons"] = list(self.reasons)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GroundStateRecord":
+        return cls(**{**data, "reasons": tuple(data.get("reasons", ()))})
+
+
+def assess(
+    record: GroundStateRecord,
+    previous: GroundStateRecord | None,
+    spec: ConvergenceSpec,
+    max_spread_default: float,
+) -> GroundStateRecord:
+    """Fill in ``stable_generations``, ``converged`` and the reasons it is not (yet)."""
+    reasons: list[str] = []
+    stable = False
+    if previous is not None and record.rmsd_to_previous_A is not None:
+        stable = record.rmsd_to_previous_A <= spec.rmsd
+    record.stable_generations = (previous.stable_generations + 1) if (stable and previous) else 0
+    if record.stable_generations < spec.patience:
+        reasons.append(f"stable for {record.stable_generations}/{spec.patience} generations")
+    if record.high_energy_eV is None:
+        reasons.append("no high label yet")
+    else:
+        delta = abs(record.high_energy_eV - record.predicted_energy_eV)
+        if delta > spec.energy:
+            reasons.append(f"|E_high - E_pred| = {delta:.4f} eV > {spec.energy}")
+        if record.high_max_force_eV_A is not None and record.high_max_force_eV_A > spec.max_force:
+            reasons.append(f"max |F_high| = {record.high_max_force_eV_A:.3f} eV/Å > {spec.max_force}")
+    max_spread = spec.max_spread if spec.max_spread is not None else max_spread_default
+    if record.max_force_spread_eV_A > max_spread:
+        reasons.append(f"force spread {record.max_force_spread_eV_A:.3f} eV/Å > {max_spread}")
+    record.reasons = tuple(reasons)
+    record.converged = not reasons
+    return record

@@ -1,0 +1,190 @@
+"""One generation's exploration and selection, as the campaign runs them: committee
+relaxations spread over the Dask workers, basins per charge state, and the policies'
+label requests — each written to ``generations/gen-NNN/`` before the loop moves on, so a
+resumed generation reuses them instead of exploring or selecting again."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from ase import Atoms
+
+from activedefect.basins import Basin, group_basins
+from activedefect.defects import charged_name
+from activedefect.explore import RelaxResult, RelaxSettings, exploration_starts, relax
+from activedefect.policies import SelectionContext, candidate_table, load_policy, mean_pooled, select
+from activedefect.spec import FIDELITIES, CampaignSpec
+from activedefect.workspace import atomic_write_json
+
+if TYPE_CHECKING:
+    from activedefect.campaign import Campaign
+
+#: Structures per committee call on CPU: large batches fall out of cache (docs/benchmarks.md).
+CPU_BATCH = 4
+
+
+@dataclass
+class Exploration:
+    """What one generation's committee relaxations found."""
+
+    results: list[RelaxResult]
+    basins: dict[tuple[str, int], list[Basin]]
+    descriptors: dict[str, np.ndarray]  # frame hash -> mean-pooled descriptor (candidates only)
+
+    def ground_state_candidates(self) -> dict[tuple[str, int], Basin]:
+        return {key: states[0] for key, states in sorted(self.basins.items()) if states}
+
+
+def policies(spec: CampaignSpec, base_dir: Path):  # noqa: ANN201 - list[Policy]
+    return [load_policy(entry, base_dir=base_dir) for entry in spec.policies]
+
+
+def trust_window(spec: CampaignSpec, base_dir: Path) -> tuple[float, float | None]:
+    """(trust_lo, trust_hi) of the spec's uncertainty policy; (0.05, None) without one."""
+    for policy in policies(spec, base_dir):
+        if policy.kind == "uncertainty":
+            return float(policy.params["trust_lo"]), float(policy.params["trust_hi"])
+    return 0.05, None
+
+
+def relax_settings(spec: CampaignSpec, trust_hi: float | None) -> RelaxSettings:
+    e = spec.exploration
+    return RelaxSettings(fmax_eV_A=e.fmax_eV_A, max_steps=e.max_steps, frame_interval=e.frame_interval,
+                         trust_hi_eV_A=trust_hi, min_distance_A=e.min_distance_A, head="high", max_batch=CPU_BATCH)
+
+
+def explore_task(model_paths: list[Path], starts: list[Atoms], settings: RelaxSettings, generation: int,
+                 trust_lo: float) -> tuple[list[RelaxResult], dict[str, np.ndarray]]:
+    """Runs on a worker: relax ``starts`` on the committee, and describe the frames a
+    policy may pick (spread ≥ ``trust_lo`` or cut) for farthest-point sampling."""
+    import torch
+
+    from activedefect.committee import Committee
+    from activedefect.geometry import content_hash
+
+    torch.set_num_threads(1)
+    committee = Committee.load(model_paths)
+    results = relax(starts, committee, settings, generation=generation)
+    picked = [f.atoms for r in results for f in r.frames if f.cut or f.max_force_std_eV_A >= trust_lo]
+    pooled = mean_pooled(committee.descriptors(picked)) if picked else np.zeros((0, 0))
+    return results, {content_hash(a): v for a, v in zip(picked, pooled)}
+
+
+def cached_or_explore(campaign: "Campaign", generation: int, model_paths: list[Path]) -> Exploration:
+    path = campaign.ws.generation_dir(generation) / "exploration.pkl"
+    if path.exists():
+        return pickle.loads(path.read_bytes())
+    spec, store, client = campaign.spec, campaign.store, campaign._client
+    trust_lo, trust_hi = trust_window(spec, campaign.ws.root)
+    starts = store.get_frames([s["frame"] for s in campaign.state["seeds"]])
+    best = [store.get_frame(r["frame"]) for r in campaign.state["ground_states"].values()]
+    if best:
+        e = spec.exploration
+        starts += exploration_starts(best, n_rattled=e.rattled_copies, stdev_A=e.rattle_stdev_A,
+                                     seed=spec.seed + generation, cross_charge=e.cross_charge, generation=generation)
+    for atoms in starts:
+        atoms.info.pop("frame", None)
+        atoms.info.pop("hash", None)
+    n_chunks = max(1, min(len(starts), len(client.scheduler_info()["workers"])))
+    chunks = [list(range(i, len(starts), n_chunks)) for i in range(n_chunks)]
+    settings = relax_settings(spec, trust_hi)
+    campaign._save("explore")
+    campaign.reporter.start("exploring (committee relaxations)", len(chunks))
+    futures = [
+        client.submit(explore_task, model_paths, [starts[i] for i in chunk], settings, generation, trust_lo,
+                      resources={"explore": 1}, pure=False, key=f"explore-{generation:03d}-{k}")
+        for k, chunk in enumerate(chunks)
+    ]
+    results: list[RelaxResult | None] = [None] * len(starts)
+    descriptors: dict[str, np.ndarray] = {}
+    for chunk, future in zip(chunks, futures):
+        chunk_results, chunk_descriptors = future.result()
+        for i, result in zip(chunk, chunk_results):
+            results[i] = result
+        descriptors.update(chunk_descriptors)
+        campaign.reporter.advance()
+    _store_frames(campaign, results)
+    basins = group_basins(results, rmsd_A=spec.convergence.rmsd)
+    for states in basins.values():
+        for basin in states:
+            [basin.frame] = store.add_frames([basin.atoms])
+    exploration = Exploration(results, basins, descriptors)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path.with_suffix(".json"), _summary(exploration))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(exploration))
+    tmp.replace(path)
+    campaign.ws.log_event("explored", generation=generation, **_summary(exploration)["counts"])
+    return exploration
+
+
+def _store_frames(campaign: "Campaign", results: list[RelaxResult]) -> None:
+    """Every kept trajectory frame goes to the store (the policies refer to frames by index)."""
+    frames = []
+    for trajectory, result in enumerate(results):
+        for frame in result.frames:
+            frame.atoms.info["origin"] = {**frame.atoms.info["origin"], "trajectory": trajectory}
+            frames.append(frame.atoms)
+    campaign.store.add_frames(frames)
+
+
+def _summary(exploration: Exploration) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for result in exploration.results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    return {
+        "counts": counts,
+        "basins": {charged_name(d, q): [b.summary() for b in states] for (d, q), states in exploration.basins.items()},
+    }
+
+
+def cached_or_select(campaign: "Campaign", generation: int, exploration: Exploration | None) -> list[dict[str, Any]]:
+    """The label requests of this generation (JSON records: frame, fidelity, policy,
+    reason, relax_steps, relax_fmax_eV_A), selected once and then read back."""
+    path = campaign.ws.generation_dir(generation) / "selection.json"
+    if path.exists():
+        import json
+
+        return json.loads(path.read_text())["requests"]
+    store, spec = campaign.store, campaign.spec
+    frames = store.frame_table()
+    oracle = campaign.oracle_totals()
+    budget_left = {f: getattr(spec.budget, f) - oracle[f]["calls"] for f in FIDELITIES}
+    hashes = {f: campaign.settings_hash(f) for f in FIDELITIES}
+    labels = {f: store.label_table(f) for f in FIDELITIES}
+    if exploration is None:
+        phase = "bootstrap"
+        seed_frames = [s["frame"] for s in campaign.state["seeds"]]
+        candidates = frames.set_index("frame").loc[seed_frames].reset_index()
+        descriptors, ground_states = None, ()
+    else:
+        phase = "select"
+        candidates, atoms = candidate_table(exploration.results, exploration.basins)
+        candidates["frame"] = [store.find_frame(a) for a in atoms]
+        width = next((len(v) for v in exploration.descriptors.values()), 0)
+        descriptors = np.stack([exploration.descriptors.get(h, np.zeros(width)) for h in candidates["hash"]]) \
+            if width else None
+        basin_rank = dict(zip(candidates["frame"], candidates["basin"]))
+        frames["basin"] = frames["frame"].map(basin_rank).fillna(-1).astype(int)
+        ground_states = list(exploration.ground_state_candidates().values())
+    context = SelectionContext(budget_left=budget_left, candidates=candidates, descriptors=descriptors,
+                               frames=frames, labels=labels, settings_hashes=hashes, ground_states=ground_states,
+                               seed=spec.seed + generation)
+    result = select(policies(spec, campaign.ws.root), context, phase)
+    requests = []
+    for request in result.requests:
+        record = request.as_dict()
+        if record["frame"] is None:
+            [record["frame"]] = store.add_frames([request.atoms])
+        requests.append(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"requests": requests, "budget_exhausted": result.budget_exhausted,
+                             "dropped": result.dropped})
+    campaign.ws.log_event("selected", generation=generation,
+                          counts={f: sum(r["fidelity"] == f for r in requests) for f in FIDELITIES},
+                          budget_exhausted=result.budget_exhausted)
+    return requests

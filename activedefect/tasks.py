@@ -1,0 +1,95 @@
+"""Functions that run on Dask workers. Each takes plain, picklable arguments, does one job
+with one thread, and returns plain data; the driver alone writes to the campaign."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import CalculationFailed, Calculator, all_changes
+from ase.optimize import FIRE
+
+from activedefect.geometry import CHARGE_KEY, SPIN_KEY, content_hash
+from activedefect.labels import LabelResult
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@dataclass(frozen=True)
+class BackendCall:
+    """What a worker needs to build a fidelity's backend."""
+
+    backend: str
+    settings: dict[str, Any]
+    timeout_s: float | None
+    retries: int
+
+    def build(self):  # noqa: ANN201 - a Backend
+        from activedefect.backends import get_backend
+
+        return get_backend(self.backend, self.settings, timeout_s=self.timeout_s, retries=self.retries)
+
+
+def label_frame(call: BackendCall, atoms: Atoms) -> LabelResult:
+    """One oracle calculation; failures come back as data, never as exceptions."""
+    backend = call.build()
+    try:
+        return backend.calculate(atoms, int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY]))
+    except Exception as error:  # noqa: BLE001 - a backend bug must not stop the campaign
+        return LabelResult.failure("crashed", backend.settings_hash, f"{type(error).__name__}: {error}")
+
+
+def relax_with_oracle(
+    call: BackendCall, atoms: Atoms, fmax: float, steps: int, known: dict[str, LabelResult]
+) -> list[tuple[Atoms, LabelResult]]:
+    """Relax ``atoms`` with the backend (the confirm step and the brute-force baseline),
+    returning every evaluated geometry with its label. Geometries whose label is already
+    in ``known`` (by content hash) are not computed again, so a resumed relaxation
+    replays the finished steps for free."""
+    backend = call.build()
+    charge, multiplicity = int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY])
+    evaluated: list[tuple[Atoms, LabelResult]] = []
+    atoms_info = dict(atoms.info)
+
+    class Oracle(Calculator):
+        implemented_properties = ["energy", "free_energy", "forces"]
+
+        def calculate(self, atoms=None, properties=None, system_changes=all_changes):  # noqa: ANN001
+            super().calculate(atoms, properties, system_changes)
+            frame = Atoms(self.atoms.numbers, self.atoms.positions, cell=self.atoms.cell, pbc=self.atoms.pbc,
+                          info=dict(atoms_info))
+            key = content_hash(frame, charge, multiplicity)
+            result = known.get(key)
+            if result is None:
+                result = backend.calculate(frame, charge, multiplicity)
+                evaluated.append((frame, result))
+            if not result.ok:
+                raise CalculationFailed(f"{result.status}: {result.reason}")
+            self.results = {"energy": result.energy_eV, "free_energy": result.energy_eV,
+                            "forces": np.asarray(result.forces_eV_A)}
+
+    work = atoms.copy()
+    work.calc = Oracle()
+    try:
+        FIRE(work, logfile=None).run(fmax=fmax, steps=steps)
+    except CalculationFailed:
+        pass
+    return evaluated
+
+
+def train_member_task(**kwargs: Any) -> dict[str, Any]:
+    _one_thread()
+    from activedefect.committee import train_member
+
+    start = time.perf_counter()
+    report = train_member(**kwargs)
+    data = report.as_dict()
+    data.setdefault("wall_s", time.perf_counter() - start)
+    return data
