@@ -46,6 +46,7 @@ class Campaign:
         self.state: dict[str, Any] = workspace.read_state() or self._initial_state()
         self._store: Store | None = None
         self._client: Client | None = None
+        self._run_started = time.monotonic()
         self.reporter: Reporter = LogReporter()
 
     # --- construction -----------------------------------------------------------------
@@ -117,11 +118,11 @@ class Campaign:
         Returns :meth:`status`."""
         self.reporter = reporter or LogReporter()
         self.ws.acquire_lock()
-        started = time.monotonic()
+        started = self._run_started = time.monotonic()
         wall_before = float(self.state.get("wall_s", 0.0))
         stop_page = None
         try:
-            if self.state.get("stop_reason") in STOP_REASONS and self.state["stop_reason"] != "error":
+            if self.state.get("stop_reason") not in (None, "error", "walltime"):
                 self.reporter.message(f"campaign already stopped: {self.state['stop_reason']}")
                 return self.status()
             self.state["stop_reason"] = None
@@ -350,7 +351,7 @@ class Campaign:
 
         high_hash = self.settings_hash("high")
         labels = self.store.label_table("high")
-        trust_lo, _ = selection.trust_window(self.spec, self.ws.root)
+        trust_lo, _ = selection.trust_window(self.spec)
         for key, candidate in exploration.ground_state_candidates().items():
             defect, charge = key
             state = charged_name(defect, charge)
@@ -388,8 +389,8 @@ class Campaign:
             return "budget_high"
         if self.state["generation"] + 1 >= self.spec.budget.generations:
             return "max_generations"
-        walltime = self.spec.budget.walltime_s
-        if walltime is not None and self.state["wall_s"] >= walltime:
+        walltime = self.spec.budget.walltime_s  # per run: a resume gets a fresh allocation
+        if walltime is not None and time.monotonic() - self._run_started >= walltime:
             return "walltime"
         return None
 

@@ -27,13 +27,25 @@ DASHBOARD_MODULE = "activedefect.dashboard"
 _PR_SET_PDEATHSIG = 1
 
 
-class DieWithDriver(WorkerPlugin):
-    """Ask the kernel to SIGKILL a worker process when the process that spawned it dies,
-    so that a killed driver leaves no orphan worker writing into a resumed campaign."""
+#: Warnings MACE/e3nn/torch print on every model build or load, which would flood the CLI.
+QUIET_WARNINGS = (
+    "The TorchScript type system",
+    "Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD",
+)
 
-    name = "activedefect-die-with-driver"
+
+class WorkerSetup(WorkerPlugin):
+    """Ask the kernel to SIGKILL a worker process when the process that spawned it dies,
+    so that a killed driver leaves no orphan worker writing into a resumed campaign; and
+    silence the model libraries' per-call warnings."""
+
+    name = "activedefect-worker-setup"
 
     def setup(self, worker) -> None:  # noqa: ANN001 - dask's signature
+        import warnings
+
+        for message in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
         try:
             ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         except (OSError, AttributeError):  # not Linux: best effort only
@@ -108,7 +120,7 @@ def open_cluster(
                 env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
             )
     client = Client(cluster)
-    client.register_plugin(DieWithDriver())
+    client.register_plugin(WorkerSetup())
     link = client.dashboard_link
     try:
         yield ClusterHandle(client, link, link.replace("/status", "/activedefect"), owns_cluster=True)

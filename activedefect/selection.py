@@ -39,13 +39,14 @@ class Exploration:
         return {key: states[0] for key, states in sorted(self.basins.items()) if states}
 
 
-def policies(spec: CampaignSpec, base_dir: Path):  # noqa: ANN201 - list[Policy]
-    return [load_policy(entry, base_dir=base_dir) for entry in spec.policies]
+def policies(spec: CampaignSpec):  # noqa: ANN201 - list[Policy]
+    """The spec's policies (file entries were inlined when the spec was loaded)."""
+    return [load_policy(entry) for entry in spec.policies]
 
 
-def trust_window(spec: CampaignSpec, base_dir: Path) -> tuple[float, float | None]:
+def trust_window(spec: CampaignSpec) -> tuple[float, float | None]:
     """(trust_lo, trust_hi) of the spec's uncertainty policy; (0.05, None) without one."""
-    for policy in policies(spec, base_dir):
+    for policy in policies(spec):
         if policy.kind == "uncertainty":
             return float(policy.params["trust_lo"]), float(policy.params["trust_hi"])
     return 0.05, None
@@ -79,7 +80,7 @@ def cached_or_explore(campaign: "Campaign", generation: int, model_paths: list[P
     if path.exists():
         return pickle.loads(path.read_bytes())
     spec, store, client = campaign.spec, campaign.store, campaign._client
-    trust_lo, trust_hi = trust_window(spec, campaign.ws.root)
+    trust_lo, trust_hi = trust_window(spec)
     starts = store.get_frames([s["frame"] for s in campaign.state["seeds"]])
     best = [store.get_frame(r["frame"]) for r in campaign.state["ground_states"].values()]
     if best:
@@ -174,7 +175,7 @@ def cached_or_select(campaign: "Campaign", generation: int, exploration: Explora
     context = SelectionContext(budget_left=budget_left, candidates=candidates, descriptors=descriptors,
                                frames=frames, labels=labels, settings_hashes=hashes, ground_states=ground_states,
                                seed=spec.seed + generation)
-    result = select(policies(spec, campaign.ws.root), context, phase)
+    result = select(policies(spec), context, phase)
     requests = []
     for request in result.requests:
         record = request.as_dict()

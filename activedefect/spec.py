@@ -6,6 +6,7 @@ relative to the spec file and are resolved once, here.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -86,7 +87,7 @@ class RetrySpec(_Block):
 class FidelitySpec(_Block):
     backend: str = Field(description="xtb, gpaw, vasp or ase")
     settings: dict[str, Any] = Field(default_factory=dict, description="passed to the backend's calculator")
-    executor: Literal["dask", "pyiron"] = "dask"
+    executor: Literal["dask"] = Field(default="dask", description="where labels run (pyiron: not yet)")
     timeout_s: float | None = Field(default=None, gt=0)
     retry: RetrySpec = RetrySpec()
 
@@ -253,9 +254,30 @@ def parse_spec(data: dict[str, Any], base_dir: Path, source: str = "") -> Campai
             f"invalid campaign spec {source}:\n  host.structure: file {structure} does not exist "
             "(paths are relative to the spec file)"
         )
-    spec = spec.model_copy(update={"host": spec.host.model_copy(update={"structure": structure})})
+    spec = spec.model_copy(update={
+        "host": spec.host.model_copy(update={"structure": structure}),
+        "policies": _resolve_policies(spec.policies, base_dir, source),
+    })
     _check_backends(spec, source)
     return spec
+
+
+def _resolve_policies(entries: list, base_dir: Path, source: str) -> list:
+    """Check every policy now, and inline the ones given as files (relative to the spec),
+    so a frozen spec never depends on a file outside its campaign directory."""
+    from activedefect.policies import load_policy, preset_names
+
+    resolved = []
+    for i, entry in enumerate(entries):
+        try:
+            policy = load_policy(entry, base_dir=base_dir)
+        except ValueError as error:
+            raise SpecError(f"invalid campaign spec {source}:\n  policies.{i}: {error}") from None
+        if isinstance(entry, str) and entry in preset_names():
+            resolved.append(entry)
+        else:
+            resolved.append(json.loads(json.dumps(policy.as_dict())))
+    return resolved
 
 
 def _check_backends(spec: CampaignSpec, source: str) -> None:
