@@ -80,6 +80,9 @@ BAD = [
     ("budget.low", "many", "budget.low"),
     ("multiplicity", {"v_Si_-1": 0}, "multiplicity"),
     ("cluster", {"address": "tcp://x:1", "jobqueue": {"kind": "slurm"}}, "cluster"),
+    ("policies", ["stratified-hi"], "policies.0: unknown policy preset"),
+    ("policies", [{"kind": "uncertainty", "trust_lo": 0.5, "trust_hi": 0.1}], "policies.0"),
+    ("fidelities.low.executor", "pyiron", "fidelities.low.executor"),
 ]
 
 
@@ -103,3 +106,14 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
     path.write_text("- just\n- a list\n")
     with pytest.raises(SpecError, match="must be a mapping"):
         load_spec(path)
+
+
+def test_policy_files_are_inlined_relative_to_the_spec(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "tight.yaml").write_text("kind: uncertainty\ntrust_lo: 0.02\ntrust_hi: 0.2\n")
+    data = copy.deepcopy(VALID)
+    data["policies"] = ["bootstrap", "mine/tight.yaml"]
+    spec = load_spec(write_spec(tmp_path, data))
+    assert spec.policies[0] == "bootstrap"
+    inlined = spec.policies[1]
+    assert inlined["kind"] == "uncertainty" and inlined["trust_lo"] == 0.02 and inlined["name"] == "tight"
