@@ -37,6 +37,7 @@ from activedefect.mace_model import (
     load_model,
     split_holdout,
     train_member,
+    undo_worker_malloc_trim,
 )
 
 __all__ = [
@@ -105,6 +106,7 @@ class Committee:
                     f"committee member {i} differs from member 0 in heads, elements, r_max or embeddings: "
                     f"{mine} vs {(self.heads, self.zs, self.r_max, self.embedding_specs)}"
                 )
+        undo_worker_malloc_trim()  # explore tasks predict in Dask workers too
         for model in self.models:
             model.to(device)
             model.eval()
