@@ -95,7 +95,10 @@ class Campaign:
     def _read_store(self) -> Store | None:
         if self._store is not None:
             return self._store
-        return Store.open(self.ws.store_path, mode="r") if self.ws.store_path.exists() else None
+        try:
+            return Store.open(self.ws.store_path, mode="r")
+        except FileNotFoundError:  # not created yet, or being created by the driver right now
+            return None
 
     def backend_call(self, fidelity: str) -> BackendCall:
         block = self.spec.fidelities[fidelity]
@@ -166,6 +169,11 @@ class Campaign:
 
     resume = run
 
+    def _share(self, data: Any):  # noqa: ANN202 - a Future
+        """Send ``data`` to every worker once (a dict is scattered whole, not per key)."""
+        [future] = self._client.scatter([data], broadcast=True)
+        return future
+
     def _save(self, phase: str) -> None:
         self.state["phase"] = phase
         self.ws.write_state(self.state)
@@ -227,7 +235,7 @@ class Campaign:
             model_paths = self._train(generation)
             exploration = selection.cached_or_explore(self, generation, model_paths)
             requests = selection.cached_or_select(self, generation, exploration=exploration)
-        self._label(requests)
+        self._label(requests, generation)
         if exploration is not None:
             self._assess(generation, exploration)
         self.state["generation"] = generation
@@ -249,7 +257,7 @@ class Campaign:
             elements = sorted({str(e) for a in self.store.get_frames([r["frame"] for r in self.state["seeds"]])
                                for e in a.get_chemical_symbols()})
             config = committee_config(self.spec, self.state["seeds"], elements)
-            data = self._client.scatter(train, broadcast=True)
+            data = self._share(train)
             futures = {}
             for member in missing:
                 previous = self.ws.model_path(generation - 1, member) if generation > 1 else None
@@ -283,9 +291,10 @@ class Campaign:
                                     "n_valid": {h: len(a) for h, a in valid.items()}, **metrics})
         return paths
 
-    def _label(self, requests: list[dict[str, Any]]) -> None:
+    def _label(self, requests: list[dict[str, Any]], generation: int) -> None:
         """Label what is not labelled yet; each result is stored as it arrives. Requests
-        with ``relax_steps`` > 0 are short oracle relaxations from the frame."""
+        with ``relax_steps`` > 0 are short oracle relaxations from the frame. The
+        `labelling` event records what is sent to the oracle (a resume sends only the rest)."""
         hashes = {f: self.settings_hash(f) for f in FIDELITIES}
         done_relaxations = set(self.state.setdefault("relaxations", []))
         singles = [
@@ -297,8 +306,9 @@ class Campaign:
         if not singles and not relaxations:
             return
         self._save("label")
+        self.ws.log_event("labelling", generation=generation, singles=len(singles), relaxations=len(relaxations))
         self.reporter.start("labelling", len(singles) + len(relaxations))
-        calls = {f: self._client.scatter(self.backend_call(f), broadcast=True) for f in FIDELITIES}
+        calls = {f: self._share(self.backend_call(f)) for f in FIDELITIES}
         futures = {}
         for request in singles:
             fidelity = request["fidelity"]
@@ -306,7 +316,7 @@ class Campaign:
                 label_frame, calls[fidelity], self.store.get_frame(request["frame"]), resources={"label": 1},
                 pure=False, key=f"label-{fidelity}-{request['frame']}-{hashes[fidelity]}",
             )] = request
-        known = {f: self._client.scatter(self._known_labels(f), broadcast=True)
+        known = {f: self._share(self._known_labels(f))
                  for f in {r["fidelity"] for r in relaxations}}
         for request in relaxations:
             fidelity = request["fidelity"]
@@ -356,6 +366,8 @@ class Campaign:
             defect, charge = key
             state = charged_name(defect, charge)
             previous = self.state["ground_states"].get(state)
+            if previous and previous["generation"] == generation:
+                continue  # assessed before a kill cut this generation short: not its own predecessor
             previous_record = GroundStateRecord.from_dict(previous) if previous else None
             record = GroundStateRecord(
                 defect=defect, charge=charge, generation=generation, frame=int(candidate.frame),
@@ -415,7 +427,8 @@ class Campaign:
         self._save("confirm")
         self.reporter.start("confirm (high-fidelity relaxations)", len(pending))
         call = self.backend_call("high")
-        known = self._client.scatter(self._known_labels("high"), broadcast=True)
+        known_labels = self._known_labels("high")
+        known = self._share(known_labels)
         futures = {}
         for state, record in pending.items():
             atoms = self.store.get_frame(record["frame"])
@@ -432,9 +445,11 @@ class Campaign:
             if ok:
                 final, final_label = ok[-1]
                 shift = displacement(start, final)
+                # A start labelled before is replayed, not returned: take its energy from the store.
+                start_label = known_labels.get(content_hash(start)) or ok[0][1]
                 summary.update(
                     rmsd_A=shift.rmsd_A, max_displacement_A=shift.max_displacement_A,
-                    start_energy_eV=next((r.energy_eV for f, r in ok), None), final_energy_eV=final_label.energy_eV,
+                    start_energy_eV=start_label.energy_eV, final_energy_eV=final_label.energy_eV,
                     final_max_force_eV_A=float(np.linalg.norm(final_label.forces_eV_A, axis=1).max()),
                     frame=self.store.find_frame(final),
                 )
@@ -517,10 +532,10 @@ class Campaign:
         return written
 
     # --- what users read ------------------------------------------------------------------
-    def oracle_totals(self) -> dict[str, dict[str, float]]:
+    def oracle_totals(self, store: Store | None = None) -> dict[str, dict[str, float]]:
         """Backend calculations actually run per fidelity (failures and retries included)
         and their summed wall seconds, from the store (the single source of truth)."""
-        store = self._read_store()
+        store = store or self._read_store()
         totals = {}
         for fidelity in FIDELITIES:
             table = store.label_table(fidelity) if store is not None else None
@@ -542,6 +557,8 @@ class Campaign:
 
         ground_states = []
         recorded = state.get("ground_states", {})
+        store = self._read_store()
+        high_energies = self._high_energies(store, [r["frame"] for r in recorded.values()])
         for defect, charge in sorted({(s["defect"], s["charge"]) for s in state.get("seeds", [])}):
             name = charged_name(defect, charge)
             record = recorded.get(name)
@@ -551,7 +568,7 @@ class Campaign:
                 "charge": charge,
                 "converged": bool(record and record["converged"]),
                 "predicted_energy_eV": record["predicted_energy_eV"] if record else None,
-                "high_energy_eV": record["high_energy_eV"] if record else None,
+                "high_energy_eV": high_energies.get(record["frame"]) if record else None,
                 "max_force_spread_eV_A": record["max_force_spread_eV_A"] if record else None,
                 "structure": str(path.relative_to(self.ws.root)) if path.exists() else None,
             })
@@ -561,12 +578,25 @@ class Campaign:
             "phase": state.get("phase"),
             "converged": state.get("stop_reason") == "converged",
             "stop_reason": state.get("stop_reason"),
-            "oracle": self.oracle_totals(),
+            "oracle": self.oracle_totals(store),
             "budget": {"low": self.spec.budget.low, "high": self.spec.budget.high},
             "ground_states": ground_states,
             "confirm": state.get("confirm", {}),
             "wall_s": state.get("wall_s", 0.0),
         }
+
+    def _high_energies(self, store: Store | None, frames: list[int]) -> dict[int, float]:
+        """Energy of the ok `high` label (current settings) of each of ``frames`` that has
+        one — from the store, so a label the confirm step added after the last assessment
+        counts too."""
+        if store is None or not frames:
+            return {}
+        settings_hash = self.settings_hash("high")
+        rows = {f: store.label_row("high", f, settings_hash) for f in frames}
+        if all(row is None for row in rows.values()):
+            return {}
+        energies = store.label_table("high")["energy_eV"]
+        return {f: float(energies.loc[row]) for f, row in rows.items() if row is not None}
 
     def _status_with_history(self) -> dict[str, Any]:
         status = self.status()

@@ -56,7 +56,7 @@ def _ground_state_table(status: dict) -> Table:
         table.add_column(column)
     for gs in status["ground_states"]:
         table.add_row(
-            gs["defect"], f"{gs['charge']:+d}",
+            gs["defect"], f"{gs['charge']:+d}" if gs["charge"] else "0",
             "—" if gs["predicted_energy_eV"] is None else f"{gs['predicted_energy_eV']:.4f}",
             "—" if gs["high_energy_eV"] is None else f"{gs['high_energy_eV']:.4f}",
             "yes" if gs["converged"] else "no", gs["structure"] or "—",

@@ -53,6 +53,32 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, default=str))
 
 
+def append_line(path: Path, line: str) -> None:
+    """Append one line and fsync; a last line cut by a kill is ended first, so it costs
+    only itself and never merges with (and spoils) the line written after it."""
+    with open(path, "ab+") as handle:
+        if handle.seek(0, os.SEEK_END) > 0:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
+        handle.write(line.encode() + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a file written by :func:`append_line`, skipping lines cut by a kill."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 class Workspace:
     """Paths and small files of one campaign directory."""
 
@@ -108,31 +134,17 @@ class Workspace:
 
     def log_event(self, kind: str, **data: Any) -> dict[str, Any]:
         event = {"time": time.time(), "event": kind, **data}
-        with open(self.events_path, "a") as handle:
-            handle.write(json.dumps(event, default=str) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_line(self.events_path, json.dumps(event, default=str))
         return event
 
     def events(self) -> list[dict[str, Any]]:
-        if not self.events_path.exists():
-            return []
-        events = []
-        for line in self.events_path.read_text().splitlines():
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill: skip it
-                continue
-        return events
+        return read_lines(self.events_path)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(record, default=float) + "\n")
+        append_line(self.metrics_path, json.dumps(record, default=float))
 
     def metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        return read_lines(self.metrics_path)
 
     # --- one driver at a time ---------------------------------------------------------
     def acquire_lock(self) -> None:
