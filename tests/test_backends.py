@@ -110,11 +110,12 @@ def test_xtb_rejects_bad_settings(settings, match):
 @pytest.mark.parametrize(
     ("charge", "multiplicity", "match"),
     [
-        (-1, 1, r"charge -1 leaves C7 with 43 electrons \(odd\), which needs multiplicity 2, 4, ...; got 1. "
+        # xTB counts valence electrons: 4 per C, 28 in C7
+        (-1, 1, r"charge -1 leaves C7 with 29 electrons \(odd\), which needs multiplicity 2, 4, ...; got 1. "
                 r"Use multiplicity 2"),
-        (0, 2, r"charge \+0 leaves C7 with 42 electrons \(even\), which needs multiplicity 1, 3, ...; got 2"),
-        (43, 1, r"charge \+43 removes more electrons than C7 has \(42\); use a charge <= 42"),
-        (40, 5, "multiplicity 5 needs 4 unpaired electrons but C7 at charge \\+40 has only 2"),
+        (0, 2, r"charge \+0 leaves C7 with 28 electrons \(even\), which needs multiplicity 1, 3, ...; got 2"),
+        (29, 1, r"charge \+29 removes more electrons than C7 has \(28\); use a charge <= 28"),
+        (26, 5, "multiplicity 5 needs 4 unpaired electrons but C7 at charge \\+26 has only 2"),
         (0, 0, r"multiplicity \(2S\+1\) must be an integer >= 1"),
         (0.5, 1, "charge must be an integer"),
     ],
@@ -183,7 +184,7 @@ def test_xtb_calculator_relaxes_and_raises_typed_failures(vacancy, rattled):
         failing.get_forces()
     wrong_spin = vacancy.copy()
     wrong_spin.calc = get_backend("xtb").calculator(-1, 1)
-    with pytest.raises(CalculationFailed, match="^bad_input: charge -1 leaves C7 with 43 electrons"):
+    with pytest.raises(CalculationFailed, match="^bad_input: charge -1 leaves C7 with 29 electrons"):
         wrong_spin.get_potential_energy()
 
 
@@ -296,3 +297,9 @@ def test_backend_arguments_are_checked():
         get_backend("xtb", timeout_s=0)
     with pytest.raises(ValueError, match="retries must be a non-negative integer"):
         get_backend("xtb", retries=-1)
+
+
+def test_xtb_counts_valence_electrons_as_tblite_does():
+    from activedefect.backends.xtb import xtb_valence_electrons
+
+    assert [xtb_valence_electrons(z) for z in (1, 6, 14, 30, 31, 48, 52, 80, 82)] == [1, 4, 4, 12, 3, 12, 6, 12, 4]

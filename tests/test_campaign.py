@@ -428,8 +428,6 @@ def test_bad_spec_fails_before_any_work(change, words, tmp_path: Path):
     assert not directory.exists(), "a campaign directory was created for a bad spec"
 
 
-@pytest.mark.xfail(strict=True, reason="backends/xtb.py counts all electrons (146), not xTB's valence "
-                   "electrons (60): multiplicity 63 passes validation and runs")
 def test_multiplicity_beyond_xtb_valence_electrons_is_refused(tmp_path: Path):
     from activedefect.preparation import validate_seeds
     from activedefect.spec import SpecError, load_spec

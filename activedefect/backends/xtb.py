@@ -12,6 +12,7 @@ from functools import cache
 from importlib.metadata import version
 from typing import Any, ClassVar
 
+from ase import Atoms
 from ase.calculators.calculator import CalculationFailed, Calculator
 
 from tblite.ase import TBLite
@@ -32,6 +33,21 @@ def _tblite_version() -> str:
 _PER_CALCULATION = ("charge", "multiplicity")
 
 
+_NOBLE_GAS_CORES = (0, 2, 10, 18, 36, 54, 86)
+
+
+def xtb_valence_electrons(z: int) -> int:
+    """Valence electrons of element ``z`` in GFN-xTB: outside the noble-gas core, without a
+    filled d shell in the p block (Ga-Kr, In-Xe, Tl-Rn) or the 4f shell after the
+    lanthanides. Removed shells hold even counts, so the parity equals that of Z."""
+    valence = z - max(core for core in _NOBLE_GAS_CORES if core < z)
+    if z >= 72:
+        valence -= 14
+    if 31 <= z <= 36 or 49 <= z <= 54 or 81 <= z <= 86:
+        valence -= 10
+    return valence
+
+
 class XtbBackend(CalculatorBackend):
     """GFN1-xTB by default: on charged and neutral II–VI/III–V vacancy cells GFN2-xTB
     and IPEA1-xTB lost SCF convergence within a few relaxation steps, GFN1-xTB did not.
@@ -47,6 +63,10 @@ class XtbBackend(CalculatorBackend):
     #: Convergence aids; changing them does not change a converged answer.
     numerical_keys = frozenset({"max_iterations", "mixer", "mixer_memory", "mixer_damping", "guess"})
     runtime_keys = frozenset({"verbosity", "cache_api"})
+
+    def electron_count(self, atoms: Atoms) -> float:
+        """Valence electrons of the neutral cell, as xTB counts them."""
+        return float(sum(xtb_valence_electrons(int(z)) for z in atoms.numbers))
 
     @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
