@@ -92,6 +92,12 @@ class Campaign:
             self._store = Store.open(self.ws.store_path, mode="a")
         return self._store
 
+    def _close_store(self) -> None:
+        """Give up the writer's hold on the store (another process or object may write next)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
     def _read_store(self) -> Store | None:
         if self._store is not None:
             return self._store
@@ -164,6 +170,7 @@ class Campaign:
             if stop_page is not None:
                 stop_page()
             self._client = None
+            self._close_store()
             self.ws.release_lock()
         return self.status()
 
@@ -504,6 +511,7 @@ class Campaign:
             self.ws.log_event("imported", source=str(source), fidelity=fidelity, labels=added)
             return added
         finally:
+            self._close_store()
             self.ws.release_lock()
 
     def export(self, out: str | Path) -> list[Path]:

@@ -569,3 +569,37 @@ def test_resume_after_sigkill_at_a_random_time(kill_spec: Path, tmp_path: Path):
     assert [e["event"] for e in driver.events()].count("run") == 2
     assert_resume_sent_only_the_rest(directory, at_kill, run=1)
     assert_nothing_done_twice(directory, at_kill["models"])
+
+
+# --------------------------------------------------------------------- past data in
+def test_past_labels_are_imported_into_a_new_campaign(tmp_path: Path):
+    """`start --create-only`, then `import` an extxyz of labelled frames: they land as
+    labels of the named fidelity (under its settings hash) and count as oracle calls."""
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for i in range(3):
+        atoms = bulk("SiC", "zincblende", a=4.485).repeat((2, 1, 1))
+        atoms.rattle(0.02, seed=i)
+        atoms.info.update({"REF_energy": -100.0 - i, "total_charge": 0, "total_spin": 1})
+        atoms.arrays["REF_forces"] = atoms.positions * 0.01
+        frames.append(atoms)
+    source = tmp_path / "past.extxyz"
+    ase.io.write(source, frames, format="extxyz")
+    directory = tmp_path / "run"
+    spec = write_spec(tmp_path / "spec.yaml", SPEC)
+    runner = CliRunner()
+    created = runner.invoke(app, ["campaign", "start", str(spec), "--dir", str(directory), "--create-only"])
+    assert created.exit_code == 0, created.output
+    imported = runner.invoke(app, ["campaign", "import", str(directory), str(source), "--fidelity", "low"])
+    assert imported.exit_code == 0, imported.output
+    assert "imported 3 low labels" in imported.output
+    campaign = Campaign.open(directory)
+    table = Store.open(directory / "data.zarr", mode="r").label_table("low")
+    assert sorted(table["energy_eV"]) == [-102.0, -101.0, -100.0]
+    assert set(table["settings_hash"]) == {campaign.settings_hash("low")}
+    again = runner.invoke(app, ["campaign", "import", str(directory), str(source), "--fidelity", "low"])
+    assert "imported 0 low labels" in again.output
+    bad = runner.invoke(app, ["campaign", "import", str(directory), str(source), "--fidelity", "medium"])
+    assert bad.exit_code == 2 and "--fidelity" in flat(bad.output)
