@@ -198,8 +198,11 @@ class Campaign:
         from activedefect.preparation import build_campaign_seeds, host_check_task
 
         if self.spec.host_check.enabled:
+            from activedefect.hostcheck import HostCheckResult, require_stable
+
             for fidelity in FIDELITIES:
-                if fidelity in self.state["host_check"]:
+                if fidelity in self.state["host_check"]:  # a resume: a refused host stays refused
+                    require_stable(HostCheckResult.from_dict(self.state["host_check"][fidelity]))
                     continue
                 self._save(f"host-check-{fidelity}")
                 self.reporter.message(f"host check ({fidelity})")
@@ -213,11 +216,8 @@ class Campaign:
                     fidelity, result.relaxed_energy_eV, result.n_atoms, self.settings_hash(fidelity)
                 )
                 self.ws.log_event("host-check", **result.as_dict())
-                if not result.passed:
-                    self._save("host-check-failed")
-                    from activedefect.hostcheck import require_stable
-
-                    require_stable(result)
+                self._save(f"host-check-{fidelity}")
+                require_stable(result)
         if not self.state["seeds"]:
             seeds = build_campaign_seeds(self.spec)
             frames = self.store.add_frames([seed.atoms for seed in seeds])

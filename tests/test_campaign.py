@@ -603,3 +603,19 @@ def test_past_labels_are_imported_into_a_new_campaign(tmp_path: Path):
     assert "imported 0 low labels" in again.output
     bad = runner.invoke(app, ["campaign", "import", str(directory), str(source), "--fidelity", "medium"])
     assert bad.exit_code == 2 and "--fidelity" in flat(bad.output)
+
+
+@pytest.mark.slow
+def test_a_host_the_oracle_cannot_hold_stops_the_campaign_and_stays_refused(tmp_path: Path):
+    """GFN1-xTB collapses an 8-atom Si cell: the campaign stops before any defect work,
+    says why, and a resume refuses again instead of carrying on."""
+    spec = {**KILL_SPEC, "name": "si-host", "host_check": {"enabled": True},
+            "host": {"structure": str(bundled_structure("Si_conv")), "supercell": [1, 1, 1]}}
+    path = write_spec(tmp_path / "si.yaml", spec)
+    directory = tmp_path / "run"
+    for command in (["campaign", "start", str(path), "--dir", str(directory)], ["campaign", "resume", str(directory)]):
+        result = subprocess.run(CLI + command, capture_output=True, text=True, env=cli_env(), timeout=RUN_TIMEOUT_S)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "collapse" in flat(result.stdout)
+    store = Store.open(directory / "data.zarr", mode="r")
+    assert store.n_frames == 0 and store.n_labels("low") == 0
