@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from activedefect.geometry import format_charge
 from activedefect.spec import SpecError
 
 app = typer.Typer(help="Active learning of charged point-defect ground states.", no_args_is_help=True)
@@ -56,7 +57,7 @@ def _ground_state_table(status: dict) -> Table:
         table.add_column(column)
     for gs in status["ground_states"]:
         table.add_row(
-            gs["defect"], f"{gs['charge']:+d}" if gs["charge"] else "0",
+            gs["defect"], format_charge(gs["charge"]),
             "—" if gs["predicted_energy_eV"] is None else f"{gs['predicted_energy_eV']:.4f}",
             "—" if gs["high_energy_eV"] is None else f"{gs['high_energy_eV']:.4f}",
             "yes" if gs["converged"] else "no", gs["structure"] or "—",

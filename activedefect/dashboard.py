@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 from distributed.http.utils import RequestHandler
 
+from activedefect.geometry import format_charge
+
 METADATA_KEY = "activedefect"
 
 
@@ -53,7 +55,7 @@ def render_page(status: dict[str, Any] | None) -> str:
                  "<th>converged</th></tr>")
     for gs in status["ground_states"]:
         parts.append(
-            f"<tr><td>{html.escape(gs['defect'])}</td><td>{gs['charge']:+d}</td>"
+            f"<tr><td>{html.escape(gs['defect'])}</td><td>{format_charge(gs['charge'])}</td>"
             f"<td>{_fmt(gs['predicted_energy_eV'])}</td><td>{_fmt(gs['high_energy_eV'])}</td>"
             f"<td>{_fmt(gs.get('max_force_spread_eV_A'))}</td><td>{gs['converged']}</td></tr>"
         )

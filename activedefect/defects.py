@@ -36,7 +36,7 @@ import numpy as np
 from ase import Atoms
 from pymatgen.core import Element, PeriodicSite, Species, Structure
 
-from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY
+from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, format_charge
 
 KINDS = ("vacancy", "substitution", "interstitial")
 #: An interstitial closer than this to a host atom is a typo, not a defect.
@@ -241,7 +241,7 @@ def defect_name(req: DefectRequest) -> str:
 
 def charged_name(defect: str, charge: int) -> str:
     """``v_Si_-1``, ``v_Si_0``, ``v_Si_+1`` (doped/ShakeNBreak convention)."""
-    return f"{defect}_{int(charge):+d}" if charge else f"{defect}_0"
+    return f"{defect}_{format_charge(charge)}"
 
 
 def split_charged_name(name: str) -> tuple[str, int]:

@@ -21,6 +21,11 @@ DEFECT_KEY = "defect"
 
 
 
+def format_charge(charge: int) -> str:
+    """``-1``, ``0``, ``+1``: signed, as doped and ShakeNBreak write charges."""
+    return f"{int(charge):+d}" if charge else "0"
+
+
 def _quantize(values: np.ndarray) -> np.ndarray:
     """Values on a 1e-5 Å grid, computed from their 1e-8 Å rounding first: extxyz writes
     8 decimals, and rounding straight to 1e-5 would flip ~1 in 10 60-atom frames after a
