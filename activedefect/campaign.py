@@ -9,7 +9,6 @@ before moving on, so a resume repeats no finished label and retrains no finished
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from activedefect.reporting import LogReporter, Reporter
 from activedefect.spec import FIDELITIES, CampaignSpec, load_spec
 from activedefect.store import Store
 from activedefect.tasks import BackendCall, label_frame, relax_with_oracle, train_member_task
-from activedefect.workspace import Workspace, atomic_write_json
+from activedefect.workspace import Workspace
 
 STOP_REASONS = ("converged", "budget_low", "budget_high", "max_generations", "walltime", "error")
 

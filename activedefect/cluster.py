@@ -57,7 +57,6 @@ class ClusterHandle:
     client: Client
     dashboard_link: str
     campaign_page: str | None
-    owns_cluster: bool
 
 
 def _jobqueue_cluster(spec: ClusterSpec):  # noqa: ANN202 - optional dependency
@@ -99,7 +98,7 @@ def open_cluster(
         link = client.dashboard_link
         page = link.replace("/status", "/activedefect") if has_page else None
         try:
-            yield ClusterHandle(client, link, page, owns_cluster=False)
+            yield ClusterHandle(client, link, page)
         finally:
             client.close()
         return
@@ -123,7 +122,7 @@ def open_cluster(
     client.register_plugin(WorkerSetup())
     link = client.dashboard_link
     try:
-        yield ClusterHandle(client, link, link.replace("/status", "/activedefect"), owns_cluster=True)
+        yield ClusterHandle(client, link, link.replace("/status", "/activedefect"))
     finally:
         client.close()
         cluster.close()

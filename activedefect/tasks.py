@@ -7,12 +7,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import CalculationFailed, Calculator, all_changes
+from ase.calculators.calculator import CalculationFailed
 from ase.optimize import FIRE
 
-from activedefect.geometry import CHARGE_KEY, SPIN_KEY, content_hash
+from activedefect.geometry import CHARGE_KEY, SPIN_KEY
 from activedefect.labels import LabelResult
 
 
@@ -49,39 +48,19 @@ def label_frame(call: BackendCall, atoms: Atoms) -> LabelResult:
 def relax_with_oracle(
     call: BackendCall, atoms: Atoms, fmax: float, steps: int, known: dict[str, LabelResult]
 ) -> list[tuple[Atoms, LabelResult]]:
-    """Relax ``atoms`` with the backend (the confirm step and the brute-force baseline),
-    returning every evaluated geometry with its label. Geometries whose label is already
-    in ``known`` (by content hash) are not computed again, so a resumed relaxation
-    replays the finished steps for free."""
-    backend = call.build()
-    charge, multiplicity = int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY])
-    evaluated: list[tuple[Atoms, LabelResult]] = []
-    atoms_info = dict(atoms.info)
+    """Relax ``atoms`` with the backend (the confirm step, bootstrap relaxations),
+    returning every newly evaluated geometry with its label; geometries already labelled
+    in ``known`` (by content hash) are replayed, not recomputed."""
+    from activedefect.backends.base import LabelCalculator
 
-    class Oracle(Calculator):
-        implemented_properties = ["energy", "free_energy", "forces"]
-
-        def calculate(self, atoms=None, properties=None, system_changes=all_changes):  # noqa: ANN001
-            super().calculate(atoms, properties, system_changes)
-            frame = Atoms(self.atoms.numbers, self.atoms.positions, cell=self.atoms.cell, pbc=self.atoms.pbc,
-                          info=dict(atoms_info))
-            key = content_hash(frame, charge, multiplicity)
-            result = known.get(key)
-            if result is None:
-                result = backend.calculate(frame, charge, multiplicity)
-                evaluated.append((frame, result))
-            if not result.ok:
-                raise CalculationFailed(f"{result.status}: {result.reason}")
-            self.results = {"energy": result.energy_eV, "free_energy": result.energy_eV,
-                            "forces": np.asarray(result.forces_eV_A)}
-
+    calc = LabelCalculator(call.build(), int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY]), known=known)
     work = atoms.copy()
-    work.calc = Oracle()
+    work.calc = calc
     try:
         FIRE(work, logfile=None).run(fmax=fmax, steps=steps)
     except CalculationFailed:
         pass
-    return evaluated
+    return calc.evaluated
 
 
 def train_member_task(**kwargs: Any) -> dict[str, Any]:

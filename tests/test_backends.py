@@ -303,3 +303,23 @@ def test_xtb_counts_valence_electrons_as_tblite_does():
     from activedefect.backends.xtb import xtb_valence_electrons
 
     assert [xtb_valence_electrons(z) for z in (1, 6, 14, 30, 31, 48, 52, 80, 82)] == [1, 4, 4, 12, 3, 12, 6, 12, 4]
+
+
+def test_oracle_relaxation_replays_known_steps_instead_of_recomputing():
+    """A resumed confirm/bootstrap relaxation computes only the steps not labelled yet."""
+    from ase.build import bulk
+
+    from activedefect.geometry import content_hash
+    from activedefect.tasks import BackendCall, relax_with_oracle
+
+    atoms = bulk("C", "diamond", a=3.549).repeat((2, 1, 1))
+    del atoms[0]
+    atoms.rattle(0.05, seed=1)
+    atoms.info.update(total_charge=0, total_spin=1, defect="v_C")
+    call = BackendCall("xtb", {"method": "GFN1-xTB", "electronic_temperature": 1000}, None, 1)
+    first = relax_with_oracle(call, atoms, 0.05, 5, {})
+    assert len(first) == 6 and all(label.ok for _, label in first)
+    assert first[0][0].info["defect"] == "v_C"
+    known = {content_hash(frame): label for frame, label in first[:3]}
+    second = relax_with_oracle(call, atoms, 0.05, 5, known)
+    assert [content_hash(f) for f, _ in second] == [content_hash(f) for f, _ in first[3:]]

@@ -576,7 +576,6 @@ def test_past_labels_are_imported_into_a_new_campaign(tmp_path: Path):
     """`start --create-only`, then `import` an extxyz of labelled frames: they land as
     labels of the named fidelity (under its settings hash) and count as oracle calls."""
     from ase.build import bulk
-    from ase.calculators.singlepoint import SinglePointCalculator
 
     frames = []
     for i in range(3):

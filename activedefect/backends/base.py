@@ -29,6 +29,7 @@ from ase.calculators.calculator import (
 )
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from activedefect.geometry import content_hash
 from activedefect.labels import OK, LabelResult, settings_hash
 
 
@@ -439,22 +440,30 @@ class GuardedCalculator(Calculator):
 
 
 class LabelCalculator(Calculator):
-    """An ASE calculator that labels each geometry with :meth:`Backend.calculate`
-    (for codes that run outside Python, such as VASP)."""
+    """An ASE calculator that labels each geometry with :meth:`Backend.calculate` (for
+    codes that run outside Python, such as VASP, and for oracle relaxations whose every
+    step is kept). ``evaluated`` collects each new (geometry, label); geometries whose
+    content hash is in ``known`` are not computed again, so a resumed relaxation replays
+    its finished steps for free."""
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, backend: Backend, charge: int, multiplicity: int):
+    def __init__(self, backend: Backend, charge: int, multiplicity: int,
+                 known: dict[str, LabelResult] | None = None):
         super().__init__()
         self.backend = backend
         self.charge = charge
         self.multiplicity = multiplicity
-        self.last_label: LabelResult | None = None
+        self.known = known or {}
+        self.evaluated: list[tuple[Atoms, LabelResult]] = []
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        label = self.backend.calculate(self.atoms, self.charge, self.multiplicity)
-        self.last_label = label
+        frame = self.atoms.copy()
+        label = self.known.get(content_hash(frame, self.charge, self.multiplicity))
+        if label is None:
+            label = self.backend.calculate(frame, self.charge, self.multiplicity)
+            self.evaluated.append((frame, label))
         if not label.ok:
             raise CalculationFailed(failure_message(label.status, label.reason))
         self.results = {"energy": label.energy_eV, "free_energy": label.energy_eV, "forces": label.forces_eV_A}
