@@ -39,6 +39,10 @@ class Campaign:
     >>> Campaign.open("runs/quickstart").resume()                                   # doctest: +SKIP
     """
 
+    #: What the directory holds: ``"campaign"`` (active learning) or ``"baseline"`` (the
+    #: brute-force reference of :mod:`activedefect.baseline`); kept in ``state.json``.
+    mode = "campaign"
+
     def __init__(self, workspace: Workspace, spec: CampaignSpec):
         self.ws = workspace
         self.spec = spec
@@ -66,12 +70,17 @@ class Campaign:
 
     @classmethod
     def open(cls, directory: str | Path) -> "Campaign":
+        """The campaign (or baseline) in ``directory``, as it was left."""
         workspace = Workspace(directory)
-        return cls(workspace, workspace.load_spec())
+        from activedefect.baseline import Baseline
+
+        kind = Baseline if workspace.read_state().get("mode") == Baseline.mode else Campaign
+        return kind(workspace, workspace.load_spec())
 
     def _initial_state(self) -> dict[str, Any]:
         return {
             "name": self.spec.name,
+            "mode": self.mode,
             "generation": -1,
             "phase": "created",
             "stop_reason": None,
@@ -252,11 +261,13 @@ class Campaign:
         from activedefect.committee import Committee, evaluate
         from activedefect.training import committee_config, train_settings, training_data
 
-        size = self.spec.committee.size
+        committee_spec = self.spec.committee
+        size = committee_spec.size
         paths = [self.ws.model_path(generation, i) for i in range(size)]
         missing = [i for i, path in enumerate(paths) if not path.exists()]
         hashes = {f: self.settings_hash(f) for f in FIDELITIES}
-        train, valid = training_data(self.store, hashes, self.spec.committee.valid_fraction)
+        train, valid = training_data(self.store, hashes, committee_spec.valid_fraction,
+                                     committee_spec.minimum_weight, committee_spec.minimum_window_eV)
         if missing:
             self._save("train")
             self.reporter.start("training", len(missing))
@@ -274,10 +285,10 @@ class Campaign:
                         data_by_head=data,
                         config=config,
                         seed=self.spec.seed * 1000 + member,
-                        epochs=self.spec.committee.finetune_epochs if warm else self.spec.committee.epochs,
+                        epochs=committee_spec.finetune_epochs if warm else committee_spec.epochs,
                         out_path=paths[member],
                         init_from=previous if warm else None,
-                        bootstrap=self.spec.committee.bootstrap,
+                        bootstrap=committee_spec.bootstrap,
                         settings=train_settings(self.spec),
                         resources={"train": 1},
                         pure=False,
@@ -581,6 +592,7 @@ class Campaign:
             })
         return {
             "name": self.spec.name,
+            "mode": self.mode,
             "generation": state.get("generation", -1),
             "phase": state.get("phase"),
             "converged": state.get("stop_reason") == "converged",

@@ -18,6 +18,8 @@ from activedefect.spec import SpecError
 app = typer.Typer(help="Active learning of charged point-defect ground states.", no_args_is_help=True)
 campaign_app = typer.Typer(help="Start, resume, watch and export campaigns.", no_args_is_help=True)
 app.add_typer(campaign_app, name="campaign")
+bench_app = typer.Typer(help="Compare a campaign with the brute-force baseline.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 console = Console()
 
 
@@ -117,6 +119,27 @@ def start(
     _run(campaign, workers, scheduler, dashboard_address)
 
 
+@campaign_app.command("baseline")
+def baseline(
+    spec: Path = typer.Argument(..., help="campaign spec (YAML); its seeds and `high` fidelity are used"),
+    dir: Optional[Path] = typer.Option(None, "--dir", help="baseline directory (default runs/<name>-baseline)"),
+    workers: Optional[int] = typer.Option(None, help="LocalCluster workers (default: spec cluster.workers)"),
+    scheduler: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler"),
+    dashboard_address: Optional[str] = typer.Option(None, help="dashboard address, e.g. :8787"),
+) -> None:
+    """Relax every seed of SPEC with the `high` backend directly (the brute-force ShakeNBreak
+    search); resumable with `campaign resume DIR`."""
+    from activedefect.baseline import Baseline
+    from activedefect.spec import load_spec
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        run = Baseline.create(spec, dir or Path("runs") / f"{load_spec(spec).name}-baseline")
+    except (SpecError, FileExistsError) as error:
+        _fail(str(error))
+    _run(run, workers, scheduler, dashboard_address)
+
+
 @campaign_app.command("resume")
 def resume(
     dir: Path = typer.Argument(..., help="campaign directory"),
@@ -181,6 +204,25 @@ def export(
 
     written = Campaign.open(dir).export(out)
     for path in written:
+        console.print(f"wrote {path}")
+
+
+@bench_app.command("compare")
+def compare(
+    campaign_dir: Path = typer.Argument(..., help="a finished campaign directory"),
+    baseline_dir: Path = typer.Argument(..., help="the baseline directory of the same spec"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for comparison.md/.json (default CAMPAIGN_DIR/bench)"),
+) -> None:
+    """Check-relax each campaign ground state with `high` and compare with the baseline:
+    energies, RMSD, oracle calls and seconds, and their ratios."""
+    from activedefect.bench import compare as run_compare
+
+    try:
+        comparison = run_compare(campaign_dir, baseline_dir)
+    except (FileNotFoundError, SpecError, ValueError) as error:
+        _fail(str(error))
+    console.print(comparison.markdown())
+    for path in comparison.write(out or Path(campaign_dir) / "bench"):
         console.print(f"wrote {path}")
 
 

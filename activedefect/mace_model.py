@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 REF_ENERGY_KEY = "REF_energy"
 #: ``atoms.arrays`` key of the reference forces in eV/Å.
 REF_FORCES_KEY = "REF_forces"
+#: Optional per-frame loss weight (``atoms.info``; default 1), on top of head balancing:
+#: lets a campaign fit the frames near each minimum more tightly than the rest.
+LOSS_WEIGHT_KEY = "loss_weight"
 #: Name of the metadata attribute stored on saved models.
 META_ATTR = "activedefect"
 META_FORMAT = 1
@@ -605,6 +608,7 @@ def _train(
         return out
 
     train_graphs = graphs_of(train_frames)
+    frame_weights = [float(a.info.get(LOSS_WEIGHT_KEY, 1.0)) for frames in train_frames.values() for a in frames]
     valid_graphs = graphs_of(valid_frames)
     heads_with_data = [h for h in config.heads if train_frames[h]]
 
@@ -630,12 +634,16 @@ def _train(
         {h: len(v) for h, v in train_frames.items()},
     )
 
-    # each head with data carries the same total weight; mean weight 1
-    n_per_head = {h: len(train_frames[h]) for h in heads_with_data}
-    for g in train_graphs:
-        n_head = n_per_head[config.heads[int(g.head)]]
-        w = len(train_graphs) / (len(heads_with_data) * n_head) if settings.balance_heads else 1.0
-        g.weight = torch.tensor(w, dtype=g.positions.dtype)
+    # each head with data carries the same total weight (frame weights shift it between
+    # the frames of a head, not between heads); mean weight 1
+    head_totals = {h: 0.0 for h in heads_with_data}
+    for g, frame_weight in zip(train_graphs, frame_weights):
+        head_totals[config.heads[int(g.head)]] += frame_weight
+    total = sum(head_totals.values())
+    for g, frame_weight in zip(train_graphs, frame_weights):
+        head_total = head_totals[config.heads[int(g.head)]]
+        share = total / (len(heads_with_data) * head_total) if settings.balance_heads else 1.0
+        g.weight = torch.tensor(frame_weight * share * len(train_graphs) / total, dtype=g.positions.dtype)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr0, amsgrad=True, weight_decay=settings.weight_decay)
     n_batches = max(1, math.ceil(len(train_graphs) / settings.batch_size))

@@ -123,11 +123,18 @@ class CommitteeSpec(_Block):
     valid_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)
     batch_size: int = Field(default=8, gt=0)
     learning_rate: float = Field(default=0.01, gt=0)
+    minimum_weight: float = Field(
+        default=0.0, ge=0,
+        description="extra loss weight of labels near each charge state's lowest: 1 + w·exp(-ΔE/minimum_window_eV)",
+    )
+    minimum_window_eV: float = Field(default=0.1, gt=0)
     model: ModelSpec = ModelSpec()
 
 
 class ExplorationSpec(_Block):
-    fmax_eV_A: float = Field(default=0.05, gt=0, description="force threshold of committee relaxations")
+    fmax_eV_A: float = Field(
+        default=0.01, gt=0, description="force threshold of committee relaxations; below convergence.max_force"
+    )
     max_steps: int = Field(default=200, gt=0)
     frame_interval: int = Field(default=5, gt=0, description="keep every n-th trajectory frame")
     rattled_copies: int = Field(default=2, ge=0, description="rattled copies of each charge state's best structure")
@@ -220,6 +227,16 @@ class CampaignSpec(_Block):
                     "`v_Si_-1` to a multiplicity 2S+1 >= 1"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _relaxations_tighter_than_convergence(self) -> "CampaignSpec":
+        fmax, max_force = self.exploration.fmax_eV_A, self.convergence.max_force
+        if fmax >= max_force:
+            raise ValueError(
+                f"exploration.fmax_eV_A ({fmax}) must be below convergence.max_force ({max_force}): a committee "
+                f"minimum relaxed only to {fmax} eV/Å cannot pass the force test; use e.g. {max_force / 5:g}"
+            )
+        return self
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

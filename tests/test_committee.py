@@ -32,7 +32,8 @@ from activedefect.committee import (
     train_member,
 )
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY
-from activedefect.mace_model import load_model, model_meta, undo_worker_malloc_trim
+from activedefect.mace_model import LOSS_WEIGHT_KEY, load_model, model_meta, undo_worker_malloc_trim
+from activedefect.training import emphasize_minima
 
 torch.set_num_threads(1)
 
@@ -442,3 +443,39 @@ def test_train_member_runs_as_a_dask_task_in_a_worker_process(dataset, tmp_path)
     assert report.start == "fresh" and report.n_train == {"low": 8, "high": 2}
     (pred,) = Committee.load([tmp_path / "member-0.model"]).predict(dataset["test"][:1], "high")
     assert np.isfinite(pred.energy_mean_eV)
+
+
+def test_frames_near_each_minimum_carry_more_loss_weight(dataset):
+    frames = [a.copy() for a in dataset["low"]]
+    for a, b in zip(frames, dataset["low"]):
+        a.info, a.arrays[REF_FORCES_KEY] = dict(b.info), b.arrays[REF_FORCES_KEY]
+    emphasize_minima(frames, weight=20.0, window_eV=0.1)
+    for charge in CHARGES:
+        group = [a for a in frames if a.info[CHARGE_KEY] == charge]
+        energies = np.array([a.info[REF_ENERGY_KEY] for a in group])
+        weights = np.array([a.info[LOSS_WEIGHT_KEY] for a in group])
+        assert weights[energies.argmin()] == pytest.approx(21.0)  # each charge state has its own minimum
+        assert np.allclose(weights, 1 + 20 * np.exp(-(energies - energies.min()) / 0.1))
+        assert (np.diff(weights[np.argsort(energies)]) <= 1e-12).all()
+
+
+def test_loss_weight_spends_the_fit_on_the_weighted_frames(generations, dataset, tmp_path):
+    """Warm-started from the same member on the same data, the member whose loss weights
+    four frames 50× fits those frames' forces better than the unweighted one."""
+    focus = (0, 1, 32, 33)  # two frames of each charge state
+    weighted = []
+    for i, a in enumerate(dataset["low"]):
+        copy = a.copy()
+        copy.info = {**a.info, LOSS_WEIGHT_KEY: 50.0 if i in focus else 1.0}
+        copy.arrays[REF_FORCES_KEY] = a.arrays[REF_FORCES_KEY]
+        weighted.append(copy)
+    reference = [dataset["low"][i] for i in focus]
+    errors = {}
+    for name, frames in (("plain", dataset["low"]), ("weighted", weighted)):
+        path = tmp_path / f"{name}.model"
+        train_member({"low": frames, "high": []}, CONFIG, seed=0, epochs=3 * WARM_EPOCHS, out_path=path,
+                     init_from=generations["gen0"][0])
+        predictions = Committee.load([path]).predict(reference, "low")
+        errors[name] = float(np.sqrt(np.mean([(p.forces_mean_eV_A - a.arrays[REF_FORCES_KEY]) ** 2
+                                              for p, a in zip(predictions, reference)])))
+    assert errors["weighted"] < 0.8 * errors["plain"], errors

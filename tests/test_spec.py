@@ -78,6 +78,7 @@ BAD = [
     ("fidelities.low.settings", {"methd": "GFN1-xTB"}, "methd"),
     ("fidelities.high", _DELETE, "fidelities"),
     ("budget.low", "many", "budget.low"),
+    ("exploration", {"fmax_eV_A": 0.05}, "exploration.fmax_eV_A (0.05) must be below convergence.max_force"),
     ("multiplicity", {"v_Si_-1": 0}, "multiplicity"),
     ("cluster", {"address": "tcp://x:1", "jobqueue": {"kind": "slurm"}}, "cluster"),
     ("policies", ["stratified-hi"], "policies.0: unknown policy preset"),
