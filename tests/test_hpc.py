@@ -135,6 +135,22 @@ def test_bad_jobqueue_blocks_are_refused_with_the_field(block, match):
         parse_spec({**SPEC, "cluster": {"jobqueue": block}}, Path(__file__).parent)
 
 
+def test_cli_writes_the_job_scripts_of_a_spec(tmp_path):
+    from typer.testing import CliRunner
+
+    from activedefect.cli import app
+
+    spec = Path(__file__).parent.parent / "campaigns" / "vasp-cdte-v-cd.yaml"
+    result = CliRunner().invoke(app, ["campaign", "job-scripts", str(spec), "--scheduler", "tcp://10.1.2.3:8786",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dft.sh", "ml.sh"]
+    assert "tcp://10.1.2.3:8786" in worker_command((tmp_path / "dft.sh").read_text())
+    result = CliRunner().invoke(app, ["campaign", "job-scripts", str(Path(__file__).parent.parent / "campaigns" /
+                                                                     "quickstart.yaml")])
+    assert result.exit_code == 2 and "no cluster.jobqueue block" in result.output
+
+
 def test_processes_beyond_cores_is_an_error():
     with pytest.raises(ValueError, match="processes 4 exceeds cores 2"):
         job_scripts(jobqueue(cores=2, processes=4))
