@@ -108,6 +108,12 @@ def open_cluster(
         cluster.close()
 
 
+def workers_offering(client: Client, resource: str) -> int:
+    """Workers that can run tasks asking for ``resource`` (with pools, not every worker)."""
+    workers = client.scheduler_info()["workers"].values()
+    return sum(1 for worker in workers if worker.get("resources", {}).get(resource, 0) > 0)
+
+
 def _default_routes() -> list[str]:
     return list(dask.config.get("distributed.scheduler.http.routes"))
 

@@ -19,7 +19,7 @@ from ase.build import bulk
 from distributed import Client, get_worker
 
 from activedefect.backends import get_backend
-from activedefect.cluster import open_cluster
+from activedefect.cluster import open_cluster, workers_offering
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY
 from activedefect.jobqueue import job_scripts, worker_command
 from activedefect.spec import ClusterSpec, JobqueueSpec, SpecError, parse_spec
@@ -231,6 +231,7 @@ def test_jobqueue_cluster_with_pools_runs_labels_and_training_on_their_pools(vac
         resources = sorted((w["id"], w["resources"]) for w in workers.values())
         assert resources == [("dft-0-0", {"label": 1, "explore": 1}), ("dft-0-1", {"label": 1, "explore": 1}),
                              ("gpu-0", {"train": 1})]
+        assert (workers_offering(client, "explore"), workers_offering(client, "train")) == (2, 1)
         result = client.submit(label_frame, BackendCall("xtb", {}, 30.0, 1), vacancy,
                                resources={"label": 1}, pure=False).result(timeout=120)
         trained_on = client.submit(_worker_name, resources={"train": 1}, pure=False).result(timeout=60)
