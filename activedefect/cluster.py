@@ -47,10 +47,16 @@ class WorkerSetup(WorkerPlugin):
 
         for message in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
-        try:
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):  # not Linux: best effort only
-            log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+        die_with_parent()
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when the one that spawned it dies (Linux;
+    elsewhere nothing): workers, and processes workers start, must not outlive the driver."""
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: best effort only
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
 
 
 @dataclass

@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 from ase import Atoms
 
 from activedefect.backends.base import Backend
+from activedefect.cluster import die_with_parent
 from activedefect.geometry import content_hash
 from activedefect.labels import LabelResult
 
@@ -127,11 +129,12 @@ def run_label_job(root: str | Path, backend: Backend, atoms: Atoms, charge: int,
     project = open_project(root)
     settings_hash, timeout_s = backend.settings_hash, backend.timeout_s
     name = job_name(atoms, charge, multiplicity, settings_hash)
-    if project.get_job_id(name) is not None:
-        job = project.load(name)
-        if job.status.finished:
-            return _with_job(result_from_output(job.output["result"]), job)
-        project.remove_job(name)  # left unfinished by a killed run: run it again
+    job_id = project.get_job_id(name)
+    if job_id is not None:
+        finished = _finished_result(project, name)
+        if finished is not None:
+            return finished
+        _discard(project, name, job_id)  # left unfinished (or half-written) by a killed run
     request = json.dumps({
         "backend": backend.name, "settings": backend.settings, "timeout_s": timeout_s, "retries": backend.retries,
         "numbers": atoms.numbers.tolist(), "positions_A": atoms.positions.tolist(),
@@ -148,20 +151,38 @@ def run_label_job(root: str | Path, backend: Backend, atoms: Atoms, charge: int,
     command = [sys.executable, "-m", "pyiron_base.cli", "wrapper", "-p", job.working_directory, "-j", str(job.job_id)]
     limit = None if timeout_s is None else timeout_s + STARTUP_MARGIN_S
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=limit,
+        done = subprocess.run(command, capture_output=True, text=True, timeout=limit, preexec_fn=die_with_parent,
                               env={**os.environ, **environment(Path(root).resolve())})
         detail = f"exit code {done.returncode}; output ends: {(done.stdout + done.stderr)[-400:]}"
     except subprocess.TimeoutExpired:
         return LabelResult.failure("timeout", settings_hash, f"pyiron job {name} still running after {limit:g} s",
                                    pyiron_job=name)
-    job = project.load(name)
-    if job is None or not job.status.finished:
-        status = "missing" if job is None else str(job.status)
-        return LabelResult.failure("crashed", settings_hash, f"pyiron job {name} ended {status}: {detail}",
+    result = _finished_result(project, name)
+    if result is None:
+        return LabelResult.failure("crashed", settings_hash, f"pyiron job {name} did not finish: {detail}",
                                    pyiron_job=name)
-    return _with_job(result_from_output(job.output["result"]), job)
+    return result
 
 
-def _with_job(result: LabelResult, job) -> LabelResult:  # noqa: ANN001 - a pyiron job
+def _finished_result(project, name: str) -> LabelResult | None:  # noqa: ANN001 - a pyiron Project
+    """The label of a finished job; None when the job is not finished or its HDF5 file
+    cannot be read (a process killed while writing it)."""
+    try:
+        job = project.load(name)
+        if job is None or not job.status.finished:
+            return None
+        result = result_from_output(job.output["result"])
+    except (OSError, KeyError, ValueError):
+        return None
     result.metadata.update(pyiron_job=job.job_name, pyiron_job_id=int(job.job_id))
     return result
+
+
+def _discard(project, name: str, job_id: int) -> None:  # noqa: ANN001 - a pyiron Project
+    """Remove a job pyiron may not be able to load: its database row and its files."""
+    try:
+        project.remove_job(job_id)
+    except (OSError, KeyError, ValueError):
+        project.db.delete_item(job_id)
+    Path(project.path, f"{name}.h5").unlink(missing_ok=True)
+    shutil.rmtree(Path(project.path, f"{name}_hdf5"), ignore_errors=True)

@@ -88,6 +88,19 @@ def test_unfinished_job_from_a_killed_run_is_run_again(tmp_path, vacancy, xtb):
     assert _jobs(root) == {name: "finished"}
 
 
+def test_half_written_job_file_from_a_killed_run_is_run_again(tmp_path, vacancy, xtb):
+    root = tmp_path / "pyiron"
+    first = run_label_job(root, xtb, vacancy, 0, 3)
+    name = first.metadata["pyiron_job"]
+    h5 = root / "labels" / f"{name}.h5"
+    h5.write_bytes(h5.read_bytes()[:48])  # what a SIGKILL during the HDF5 write leaves
+    again = run_label_job(root, xtb, vacancy, 0, 3)
+    assert again.ok, again.reason
+    assert again.energy_eV == pytest.approx(first.energy_eV, abs=1e-10)
+    assert h5.stat().st_size > 48  # written again by a new run (SQLite may reuse the id)
+    assert _jobs(root) == {name: "finished"}
+
+
 def test_failures_are_the_backends_typed_failures(tmp_path, vacancy, xtb):
     root = tmp_path / "pyiron"
     direct = xtb.calculate(vacancy, 0, 2)  # doublet with an even electron count
@@ -115,3 +128,37 @@ def test_dask_workers_run_pyiron_jobs_side_by_side(tmp_path, vacancy, xtb):
         assert result.ok, result.reason
         assert result.energy_eV == pytest.approx(xtb.calculate(atoms, 0, 3).energy_eV, abs=1e-8)
     assert sorted(_jobs(root).values()) == ["finished", "finished"]
+
+
+@pytest.mark.slow
+def test_campaign_with_pyiron_labels_resumes_from_finished_jobs(tmp_path):
+    """A campaign labelling through pyiron, SIGKILLed after its 2nd stored label and
+    resumed: every label has its pyiron job, no job ran twice, and jobs finished before
+    the kill keep their ids (read back, not recomputed)."""
+    import signal
+
+    from campaign_support import KILL_SPEC, Driver, label_tables, write_spec
+
+    spec = {**KILL_SPEC, "name": "pyiron-kill", "budget": {"generations": 1}, "convergence": {"confirm": None},
+            "fidelities": {f: {**block, "executor": "pyiron"} for f, block in KILL_SPEC["fidelities"].items()}}
+    path = write_spec(tmp_path / "spec" / "pyiron.yaml", spec)
+    directory = tmp_path / "run"
+    driver = Driver(["campaign", "start", str(path), "--dir", str(directory)], directory, tmp_path / "start.log",
+                    kill_at="label:2")
+    assert driver.wait() == -signal.SIGKILL, driver.output()[-3000:]
+    assert not driver.survivors(), "a worker or pyiron job outlived the killed driver"
+    root = directory / "pyiron"
+    table = open_project(root).job_table()
+    finished_at_kill = dict(zip(table["job"][table["status"] == "finished"], table["id"][table["status"] == "finished"]))
+    assert finished_at_kill
+
+    driver = Driver(["campaign", "resume", str(directory)], directory, tmp_path / "resume.log")
+    assert driver.wait() == 0, driver.output()[-3000:]
+    table = open_project(root).job_table()
+    final = dict(zip(table["job"], table["id"]))
+    assert set(table["status"]) == {"finished"}
+    stored = [m for t in label_tables(directory).values() for m in t["metadata"]]
+    assert len(stored) == len(final), "a label without its job, or a job without its label"
+    assert {m["pyiron_job"]: m["pyiron_job_id"] for m in stored} == final
+    for name, job_id in finished_at_kill.items():
+        assert final[name] == job_id, f"{name} was run again after the kill"
