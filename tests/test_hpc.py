@@ -214,7 +214,9 @@ exit 0
 """
 
 
-def test_jobqueue_cluster_with_pools_runs_labels_and_training_on_their_pools(vacancy, tmp_path, monkeypatch):
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch) -> Path:
+    """`sbatch`/`scancel` stand-ins first on PATH; yields the folder of submitted scripts."""
     bin_dir, jobs = tmp_path / "bin", tmp_path / "jobs"
     bin_dir.mkdir()
     jobs.mkdir()
@@ -222,6 +224,25 @@ def test_jobqueue_cluster_with_pools_runs_labels_and_training_on_their_pools(vac
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return jobs
+
+
+def test_adaptive_jobqueue_cluster_submits_jobs_and_labels(vacancy, fake_slurm):
+    spec = ClusterSpec(dashboard_address="127.0.0.1:0",
+                       jobqueue=jobqueue(cores=2, minimum_jobs=1, maximum_jobs=1, interface="lo",
+                                         job_script_prologue=[]))
+    with open_cluster(spec) as handle:
+        client = handle.client
+        workers = _wait_for_workers(client, lambda ws: len(ws) == 2)
+        assert all(w["resources"] == {"label": 1, "train": 1, "explore": 1} for w in workers.values())
+        result = client.submit(label_frame, BackendCall("xtb", {}, None, 1), vacancy,
+                               resources={"label": 1}, pure=False).result(timeout=120)
+    assert result.ok, result.reason
+    assert len(list(fake_slurm.glob("job-*.sh"))) == 1  # one job of two worker processes
+
+
+def test_jobqueue_cluster_with_pools_runs_labels_and_training_on_their_pools(vacancy, fake_slurm):
+    jobs = fake_slurm
     pools = {"dft": {**POOLS["dft"], "job_script_prologue": []}, "gpu": POOLS["gpu"]}
     spec = ClusterSpec(dashboard_address="127.0.0.1:0",
                        jobqueue=jobqueue(pools=pools, interface="lo", job_script_prologue=[]))
