@@ -151,7 +151,8 @@ def run_label_job(root: str | Path, backend: Backend, atoms: Atoms, charge: int,
     command = [sys.executable, "-m", "pyiron_base.cli", "wrapper", "-p", job.working_directory, "-j", str(job.job_id)]
     limit = None if timeout_s is None else timeout_s + STARTUP_MARGIN_S
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=limit, preexec_fn=die_with_parent,
+        done = subprocess.run(command, capture_output=True, text=True, timeout=limit, check=False,
+                              preexec_fn=die_with_parent,
                               env={**os.environ, **environment(Path(root).resolve())})
         detail = f"exit code {done.returncode}; output ends: {(done.stdout + done.stderr)[-400:]}"
     except subprocess.TimeoutExpired:

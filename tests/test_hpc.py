@@ -179,7 +179,7 @@ def test_labels_run_on_workers_started_with_the_dask_cli(scheduler, vacancy, tmp
 
 
 #: A lambda travels by value: the scheduler cannot import this test module.
-_worker_name = lambda: get_worker().name  # noqa: E731
+_worker_name = lambda: get_worker().name  # noqa: E731 - see above
 
 
 def test_generated_job_script_joins_the_scheduler_with_its_pool_resources(scheduler, tmp_path):
