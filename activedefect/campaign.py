@@ -116,7 +116,8 @@ class Campaign:
 
     def backend_call(self, fidelity: str) -> BackendCall:
         block = self.spec.fidelities[fidelity]
-        return BackendCall(block.backend, dict(block.settings), block.timeout_s, block.retry.attempts)
+        pyiron_root = str(self.ws.pyiron_dir) if block.executor == "pyiron" else None
+        return BackendCall(block.backend, dict(block.settings), block.timeout_s, block.retry.attempts, pyiron_root)
 
     def settings_hash(self, fidelity: str) -> str:
         return self.backend_call(fidelity).build().settings_hash

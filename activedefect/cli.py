@@ -226,5 +226,30 @@ def compare(
         console.print(f"wrote {path}")
 
 
+@campaign_app.command("job-scripts")
+def job_scripts(
+    spec: Path = typer.Argument(..., help="campaign spec (YAML) with a cluster.jobqueue block"),
+    scheduler: str = typer.Option("tcp://SCHEDULER:8786", help="scheduler address the workers join"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write <pool>.sh files here instead of printing"),
+) -> None:
+    """Print (or write) the batch script of each worker pool; nothing is submitted."""
+    from activedefect.jobqueue import job_scripts as scripts_for
+    from activedefect.spec import load_spec
+
+    try:
+        loaded = load_spec(spec)
+    except SpecError as error:
+        _fail(str(error))
+    if loaded.cluster.jobqueue is None:
+        _fail(f"{spec} has no cluster.jobqueue block; see docs/hpc.md")
+    for pool, script in scripts_for(loaded.cluster.jobqueue, scheduler).items():
+        if out is None:
+            typer.echo(f"# --- pool {pool}\n{script}")
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{pool}.sh").write_text(script)
+            console.print(f"wrote {out / f'{pool}.sh'}")
+
+
 if __name__ == "__main__":
     app()

@@ -1,5 +1,6 @@
 """Where the work runs: a LocalCluster of single-thread workers, an existing scheduler,
-or a dask-jobqueue cluster — chosen by the spec's ``cluster`` block.
+or a dask-jobqueue cluster (:mod:`activedefect.jobqueue`) — chosen by the spec's
+``cluster`` block.
 
 Tasks ask for Dask resources (``label``, ``train``, ``explore``); the LocalCluster started
 here offers one of each on every worker, and an external cluster's workers must offer
@@ -18,11 +19,11 @@ from typing import Iterator
 import dask
 from distributed import Client, LocalCluster, WorkerPlugin
 
-from activedefect.spec import ClusterSpec
+from activedefect.spec import TASK_RESOURCES, ClusterSpec
 
 log = logging.getLogger(__name__)
 
-RESOURCES = {"label": 1, "train": 1, "explore": 1}
+RESOURCES = {name: 1 for name in TASK_RESOURCES}
 DASHBOARD_MODULE = "activedefect.dashboard"
 _PR_SET_PDEATHSIG = 1
 
@@ -46,10 +47,16 @@ class WorkerSetup(WorkerPlugin):
 
         for message in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
-        try:
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):  # not Linux: best effort only
-            log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+        die_with_parent()
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when the one that spawned it dies (Linux;
+    elsewhere nothing): workers, and processes workers start, must not outlive the driver."""
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: best effort only
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
 
 
 @dataclass
@@ -57,29 +64,6 @@ class ClusterHandle:
     client: Client
     dashboard_link: str
     campaign_page: str | None
-
-
-def _jobqueue_cluster(spec: ClusterSpec):  # noqa: ANN202 - optional dependency
-    try:
-        import dask_jobqueue
-    except ImportError as error:
-        raise RuntimeError("cluster.jobqueue needs the `hpc` extra: pip install 'activedefect[hpc]'") from error
-    jq = spec.jobqueue
-    cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[jq.kind]
-    resources = ",".join(f"{k}={v}" for k, v in RESOURCES.items())
-    cluster = cls(
-        queue=jq.queue,
-        account=jq.account,
-        cores=jq.cores,
-        processes=jq.cores,
-        memory=jq.memory,
-        walltime=jq.walltime,
-        job_script_prologue=list(jq.job_script_prologue),
-        worker_extra_args=[f"--resources={resources}", "--nthreads=1"],
-        scheduler_options={"dashboard_address": spec.dashboard_address},
-    )
-    cluster.adapt(minimum_jobs=jq.minimum_jobs, maximum_jobs=jq.maximum_jobs)
-    return cluster
 
 
 @contextmanager
@@ -108,7 +92,9 @@ def open_cluster(
         "distributed.worker.daemon": False,
     }):
         if spec.jobqueue is not None:
-            cluster = _jobqueue_cluster(spec)
+            from activedefect.jobqueue import start_cluster
+
+            cluster = start_cluster(spec.jobqueue, dashboard_address or spec.dashboard_address)
         else:
             cluster = LocalCluster(
                 n_workers=workers or spec.workers,
@@ -126,6 +112,12 @@ def open_cluster(
     finally:
         client.close()
         cluster.close()
+
+
+def workers_offering(client: Client, resource: str) -> int:
+    """Workers that can run tasks asking for ``resource`` (with pools, not every worker)."""
+    workers = client.scheduler_info()["workers"].values()
+    return sum(1 for worker in workers if worker.get("resources", {}).get(resource, 0) > 0)
 
 
 def _default_routes() -> list[str]:

@@ -14,6 +14,7 @@ import numpy as np
 from ase import Atoms
 
 from activedefect.basins import Basin, group_basins
+from activedefect.cluster import workers_offering
 from activedefect.defects import charged_name
 from activedefect.explore import RelaxResult, RelaxSettings, exploration_starts, relax
 from activedefect.policies import SelectionContext, candidate_table, load_policy, mean_pooled, select
@@ -90,7 +91,7 @@ def cached_or_explore(campaign: "Campaign", generation: int, model_paths: list[P
     for atoms in starts:
         atoms.info.pop("frame", None)
         atoms.info.pop("hash", None)
-    n_chunks = max(1, min(len(starts), len(client.scheduler_info()["workers"])))
+    n_chunks = max(1, min(len(starts), workers_offering(client, "explore")))
     chunks = [list(range(i, len(starts), n_chunks)) for i in range(n_chunks)]
     settings = relax_settings(spec, trust_hi)
     campaign._save("explore")

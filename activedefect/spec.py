@@ -87,7 +87,9 @@ class RetrySpec(_Block):
 class FidelitySpec(_Block):
     backend: str = Field(description="xtb, gpaw, vasp or ase")
     settings: dict[str, Any] = Field(default_factory=dict, description="passed to the backend's calculator")
-    executor: Literal["dask"] = Field(default="dask", description="where labels run (pyiron: not yet)")
+    executor: Literal["dask", "pyiron"] = Field(
+        default="dask", description="pyiron: each label is a pyiron job in the campaign's pyiron project"
+    )
     timeout_s: float | None = Field(default=None, gt=0)
     retry: RetrySpec = RetrySpec()
 
@@ -164,16 +166,58 @@ class ConvergenceSpec(_Block):
     confirm: ConfirmSpec | None = ConfirmSpec()
 
 
+TASK_RESOURCES = ("label", "train", "explore")
+
+
+class PoolSpec(_Block):
+    """One kind of batch job (e.g. CPU nodes for labels, GPU nodes for training); unset
+    keys take the `jobqueue` block's values."""
+
+    resources: list[Literal["label", "train", "explore"]] = Field(
+        min_length=1, description="Dask resources its workers offer, i.e. the tasks they run"
+    )
+    jobs: int = Field(default=1, ge=0, description="batch jobs started with the campaign (fixed, not adaptive)")
+    queue: str | None = None
+    cores: int | None = Field(default=None, ge=1)
+    processes: int | None = Field(default=None, ge=1)
+    memory: str | None = None
+    walltime: str | None = None
+    job_extra_directives: list[str] = Field(default_factory=list, description="added to the shared ones")
+    job_script_prologue: list[str] = Field(default_factory=list, description="run after the shared prologue")
+
+
 class JobqueueSpec(_Block):
     kind: Literal["slurm", "pbs"] = "slurm"
     queue: str | None = None
     account: str | None = None
-    cores: int = 1
+    cores: int = Field(default=1, ge=1)
+    processes: int | None = Field(default=None, ge=1, description="worker processes per job; default `cores`")
     memory: str = "4GB"
     walltime: str = "01:00:00"
+    interface: str | None = Field(default=None, description="network interface of workers and scheduler, e.g. ib0")
+    job_extra_directives: list[str] = Field(default_factory=list, description="extra #SBATCH / #PBS lines")
     job_script_prologue: list[str] = Field(default_factory=list)
-    minimum_jobs: int = 0
-    maximum_jobs: int = 4
+    minimum_jobs: int = Field(default=0, ge=0)
+    maximum_jobs: int = Field(default=4, ge=1)
+    pools: dict[str, PoolSpec] = Field(
+        default_factory=dict, description="separate worker pools; empty: one adaptive pool offering every resource"
+    )
+
+    @model_validator(mode="after")
+    def _pools_cover_tasks(self) -> "JobqueueSpec":
+        if self.minimum_jobs > self.maximum_jobs:
+            raise ValueError(f"minimum_jobs {self.minimum_jobs} exceeds maximum_jobs {self.maximum_jobs}")
+        for name in self.pools:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"pool name {name!r}: use letters, digits, _ . + -")
+        offered = {r for pool in self.pools.values() if pool.jobs > 0 for r in pool.resources}
+        missing = [r for r in TASK_RESOURCES if r not in offered]
+        if self.pools and missing:
+            raise ValueError(
+                f"no pool with jobs > 0 offers {missing}; every task kind needs workers: add "
+                f"{missing[0]!r} to some pool's `resources`"
+            )
+        return self
 
 
 class ClusterSpec(_Block):

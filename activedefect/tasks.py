@@ -23,22 +23,32 @@ def _one_thread() -> None:
 
 @dataclass(frozen=True)
 class BackendCall:
-    """What a worker needs to build a fidelity's backend."""
+    """What a worker needs to build a fidelity's backend; ``pyiron_root`` (the campaign's
+    pyiron folder) makes every label a pyiron job (``executor: pyiron``)."""
 
     backend: str
     settings: dict[str, Any]
     timeout_s: float | None
     retries: int
+    pyiron_root: str | None = None
 
     def build(self):  # noqa: ANN201 - a Backend
         from activedefect.backends import get_backend
 
         return get_backend(self.backend, self.settings, timeout_s=self.timeout_s, retries=self.retries)
 
+    def labeller(self):  # noqa: ANN201 - a Backend or a PyironLabeller
+        """What computes labels: the backend itself, or the backend through pyiron jobs."""
+        if self.pyiron_root is None:
+            return self.build()
+        from activedefect.pyiron_exec import PyironLabeller
+
+        return PyironLabeller(self.build(), self.pyiron_root)
+
 
 def label_frame(call: BackendCall, atoms: Atoms) -> LabelResult:
     """One oracle calculation; failures come back as data, never as exceptions."""
-    backend = call.build()
+    backend = call.labeller()
     try:
         return backend.calculate(atoms, int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY]))
     except Exception as error:  # noqa: BLE001 - a backend bug must not stop the campaign
@@ -53,7 +63,7 @@ def relax_with_oracle(
     in ``known`` (by content hash) are replayed, not recomputed."""
     from activedefect.backends.base import LabelCalculator
 
-    calc = LabelCalculator(call.build(), int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY]), known=known)
+    calc = LabelCalculator(call.labeller(), int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY]), known=known)
     work = atoms.copy()
     work.calc = calc
     try:

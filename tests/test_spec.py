@@ -83,7 +83,7 @@ BAD = [
     ("cluster", {"address": "tcp://x:1", "jobqueue": {"kind": "slurm"}}, "cluster"),
     ("policies", ["stratified-hi"], "policies.0: unknown policy preset"),
     ("policies", [{"kind": "uncertainty", "trust_lo": 0.5, "trust_hi": 0.1}], "policies.0"),
-    ("fidelities.low.executor", "pyiron", "fidelities.low.executor"),
+    ("fidelities.low.executor", "slurm", "fidelities.low.executor"),
 ]
 
 
