@@ -180,6 +180,13 @@ class CampaignResults:
 
     # --- ground states and minima ----------------------------------------------------------
     def minima(self) -> pd.DataFrame:
+        return self._minima.copy()
+
+    def ground_states(self) -> pd.DataFrame:
+        return self._ground_states.copy()
+
+    @cached_property
+    def _minima(self) -> pd.DataFrame:
         """Every basin of the last exploration (rank 0 = ground state), one row each.
 
         Columns: state, defect, charge, rank, is_ground_state, frame, predicted_energy_eV,
@@ -216,7 +223,8 @@ class CampaignResults:
                 })
         return pd.DataFrame(rows)
 
-    def ground_states(self) -> pd.DataFrame:
+    @cached_property
+    def _ground_states(self) -> pd.DataFrame:
         """One row per defect × charge state: the ground state as the campaign recorded
         it (structure files, committee prediction and spread on the `high` head, `high`
         label, the confirm relaxation), how it was found, its local bonding, and the
