@@ -81,26 +81,35 @@ def _x_positions(seeds: list[str]) -> dict[str, float]:
 
 def draw_energy_vs_distortion(data: dict[str, list[dict[str, Any]]], out: Path) -> dict[str, Any]:
     """ShakeNBreak's plot: relaxed energy vs bond distortion, one panel per charge state;
-    committee mean (line) with its spread (band), `high` labels as crosses."""
+    committee mean (line) with its spread (band) over the relaxations that converged,
+    open circles where the committee relaxation stopped early (cut as untrusted, out of
+    steps), `high` labels as crosses."""
     states = list(data)
     fig, axes = plt.subplots(1, max(1, len(states)), figsize=(4.2 * max(1, len(states)), 3.6), squeeze=False)
     drawn: dict[str, Any] = {"panels": {}}
     for ax, state in zip(axes[0], states):
         points = data[state]
         x = _x_positions([p["seed"] for p in points])
-        bonds = sorted((p for p in points if distortion_percent(p["seed"]) is not None), key=lambda p: x[p["seed"]])
-        others = [p for p in points if distortion_percent(p["seed"]) is None]
+        relaxed = [p for p in points if p["status"] == "converged"]
+        bonds = sorted((p for p in relaxed if distortion_percent(p["seed"]) is not None), key=lambda p: x[p["seed"]])
         bx = np.array([x[p["seed"]] for p in bonds])
         by = np.array([p["energy_rel_eV"] for p in bonds])
         bs = np.array([p["std_eV"] for p in bonds])
         if len(bonds):
-            ax.plot(bx, by, "o-", color="C0", label="committee mean")
+            ax.plot(bx, by, "o-", color="C0", label="committee mean (relaxed)")
             ax.fill_between(bx, by - bs, by + bs, color="C0", alpha=0.2, label="committee spread (±1σ)")
-        for p in others:
+        for p in (p for p in relaxed if distortion_percent(p["seed"]) is None):
             marker = "s" if p["seed"] == "Unperturbed" else "D"
             ax.errorbar([x[p["seed"]]], [p["energy_rel_eV"]], yerr=[p["std_eV"]], fmt=marker, color="C1", capsize=3)
-            ax.annotate(p["seed"], (x[p["seed"]], p["energy_rel_eV"]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7)
+        stopped = [p for p in points if p["status"] != "converged"]
+        if stopped:
+            ax.errorbar([x[p["seed"]] for p in stopped], [p["energy_rel_eV"] for p in stopped],
+                        yerr=[p["std_eV"] for p in stopped], fmt="o", mfc="none", color="0.5", capsize=2,
+                        label="not relaxed (stopped early)")
+        for p in points:
+            if distortion_percent(p["seed"]) is None:
+                ax.annotate(p["seed"], (x[p["seed"]], p["energy_rel_eV"]), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7)
         labelled = [p for p in points if p["high_rel_eV"] is not None]
         if labelled:
             ax.plot([x[p["seed"]] for p in labelled], [p["high_rel_eV"] for p in labelled], "x", color="C3",
@@ -109,8 +118,8 @@ def draw_energy_vs_distortion(data: dict[str, list[dict[str, Any]]], out: Path) 
         ax.set_xlabel("bond distortion (%)")
         ax.set_ylabel("E − E(Unperturbed) (eV)")
         ax.legend(fontsize=7)
-        drawn["panels"][state] = {"n_points": len(points), "x": {p["seed"]: x[p["seed"]] for p in points},
-                                  "n_high_labels": len(labelled), **_limits(ax)}
+        drawn["panels"][state] = {"n_points": len(points), "n_relaxed": len(relaxed), "n_high_labels": len(labelled),
+                                  "x": {p["seed"]: x[p["seed"]] for p in points}, **_limits(ax)}
     fig.tight_layout()
     return _save(fig, out, "energy_vs_distortion", {"input": data, **drawn})
 
@@ -395,9 +404,10 @@ def write_report(results: CampaignResults, out: Path | None = None) -> Path:
 
     draw_energy_vs_distortion(distortion_data(results), out)
     add("energy_vs_distortion", "Energy vs bond distortion",
-        "Committee relaxation of each ShakeNBreak seed in the last exploration, relative to the relaxed "
-        "Unperturbed seed: mean (line) and spread (band) on the high head; crosses: high labels of the "
-        "relaxed structures, on the same reference.")
+        "Committee relaxation of each ShakeNBreak seed in the last exploration, relative to the "
+        "Unperturbed seed's: mean (line) and spread (band) on the high head where the relaxation converged, "
+        "open circles where it stopped early (the structure there, not a minimum); crosses: high labels of "
+        "those final structures, on the same reference.")
     draw_parity(parity_data(results), out)
     add("parity", "Parity per head", "Final committee vs the labels it held out (blue, with spread) and trained on (grey).")
     draw_learning_curves(history, out)

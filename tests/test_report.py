@@ -15,7 +15,8 @@ def _points(offset: float) -> list[dict]:
              "Bond_Distortion_30.0%": 0.2, "Dimer": -0.6}
     return [{"seed": s, "energy_eV": offset + e, "std_eV": 0.02, "energy_rel_eV": e,
              "high_eV": offset + e + 0.01 if s in ("Dimer", "Unperturbed") else None,
-             "high_rel_eV": e + 0.01 if s in ("Dimer", "Unperturbed") else None, "status": "converged"}
+             "high_rel_eV": e + 0.01 if s in ("Dimer", "Unperturbed") else None,
+             "status": "max_steps" if s == "Bond_Distortion_30.0%" else "converged"}
             for s, e in seeds.items()]
 
 
@@ -25,7 +26,7 @@ def test_energy_vs_distortion_draws_every_seed(tmp_path):
     for suffix in ("png", "svg", "json"):
         assert (tmp_path / f"energy_vs_distortion.{suffix}").stat().st_size > 0
     panel = drawn["panels"]["v_Si_0"]
-    assert panel["n_points"] == 5 and panel["n_high_labels"] == 2
+    assert panel["n_points"] == 5 and panel["n_relaxed"] == 4 and panel["n_high_labels"] == 2
     assert panel["x"] == {"Unperturbed": 0.0, "Bond_Distortion_-30.0%": -30.0, "Bond_Distortion_0.0%": 0.0,
                           "Bond_Distortion_30.0%": 30.0, "Dimer": 45.0}
     lo, hi = panel["ylim"]
