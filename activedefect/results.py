@@ -180,14 +180,17 @@ class CampaignResults:
 
     # --- ground states and minima ----------------------------------------------------------
     def minima(self) -> pd.DataFrame:
+        """Every minimum of the last exploration, rank 0 the ground state (columns: see ``_minima``)."""
         return self._minima.copy()
 
     def ground_states(self) -> pd.DataFrame:
+        """One row per defect × charge state (columns: see ``_ground_states``)."""
         return self._ground_states.copy()
 
     @cached_property
     def _minima(self) -> pd.DataFrame:
-        """Every basin of the last exploration (rank 0 = ground state), one row each.
+        """Every basin of the last exploration (rank 0 = ground state), one row each
+        (computed once per instance; :meth:`minima` returns copies).
 
         Columns: state, defect, charge, rank, is_ground_state, frame, predicted_energy_eV,
         relative_energy_eV (to the state's ground state), energy_std_eV,
@@ -225,7 +228,7 @@ class CampaignResults:
 
     @cached_property
     def _ground_states(self) -> pd.DataFrame:
-        """One row per defect × charge state: the ground state as the campaign recorded
+        """(Computed once per instance; :meth:`ground_states` returns copies.) One row per defect × charge state: the ground state as the campaign recorded
         it (structure files, committee prediction and spread on the `high` head, `high`
         label, the confirm relaxation), how it was found, its local bonding, and the
         energy the transition levels use (``level_energy_eV`` from ``level_energy_source``:
