@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def adjacent_levels(defect: str, energies_eV: Mapping[int, float], vbm_eV: float
     return [
         TransitionLevel(defect, q, qp, transition_level(energies_eV[q], q, energies_eV[qp], qp, vbm_eV,
                                                         corrections.get(q, 0.0), corrections.get(qp, 0.0)))
-        for q, qp in zip(charges, charges[1:])
+        for q, qp in pairwise(charges)
     ]
 
 

@@ -16,14 +16,14 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.ticker  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
 
-from activedefect import levels  # noqa: E402
-from activedefect.defects import charged_name  # noqa: E402
-from activedefect.results import CampaignResults, distortion_percent, to_json  # noqa: E402
+from activedefect import levels
+from activedefect.defects import charged_name
+from activedefect.results import CampaignResults, distortion_percent, to_json
 
 #: x position (bond distortion %) of ShakeNBreak's non-bond-distortion seeds, after the last one.
 _EXTRA_GAP = 15.0
@@ -442,7 +442,7 @@ def _table(frame: pd.DataFrame, columns: list[str]) -> str:
     return shown.to_html(index=False, escape=True, border=0)
 
 
-def _html(results: CampaignResults, figures, gs: pd.DataFrame, table_levels: pd.DataFrame,  # noqa: ANN001
+def _html(results: CampaignResults, figures, gs: pd.DataFrame, table_levels: pd.DataFrame,
           minima: pd.DataFrame) -> str:
     status = results.campaign.status()
     blocks = "\n".join(

@@ -99,7 +99,7 @@ class DefectSite:
 class CampaignResults:
     """Results of one campaign directory, read lazily and cached per instance."""
 
-    def __init__(self, campaign: "Campaign"):
+    def __init__(self, campaign: Campaign):
         self.campaign = campaign
         self.ws = campaign.ws
         self.spec = campaign.spec
@@ -107,7 +107,7 @@ class CampaignResults:
 
     # --- raw material ------------------------------------------------------------------
     @cached_property
-    def store(self):  # noqa: ANN201 - Store
+    def store(self):
         from activedefect.store import Store
 
         return Store.open(self.ws.store_path, mode="r")
@@ -118,7 +118,7 @@ class CampaignResults:
         return int(found[-1].parent.name.split("-")[1]) if found else None
 
     @cached_property
-    def exploration(self) -> "Exploration | None":
+    def exploration(self) -> Exploration | None:
         generation = self.last_exploration_generation
         if generation is None:
             return None
@@ -135,7 +135,7 @@ class CampaignResults:
         return []
 
     @cached_property
-    def committee(self):  # noqa: ANN201 - Committee
+    def committee(self):
         from activedefect.committee import Committee
 
         if not self.final_model_paths:

@@ -22,7 +22,11 @@ from typing import Any
 from ase import Atoms
 from ase.io import write
 
-from activedefect.defects import charged_name, split_charged_name, validate_distortion_options
+from activedefect.defects import (
+    charged_name,
+    split_charged_name,
+    validate_distortion_options,
+)
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY
 from activedefect.results import CampaignResults
 
