@@ -439,7 +439,7 @@ def _table(frame: pd.DataFrame, columns: list[str]) -> str:
         elif shown[column].dtype == object:
             shown[column] = shown[column].map(
                 lambda v: ", ".join(f"{x:.3f}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, list) else v)
-    return shown.to_html(index=False, escape=True, border=0)
+    return f'<div class="wide">{shown.to_html(index=False, escape=True, border=0)}</div>'
 
 
 def _html(results: CampaignResults, figures, gs: pd.DataFrame, table_levels: pd.DataFrame,
@@ -454,7 +454,7 @@ def _html(results: CampaignResults, figures, gs: pd.DataFrame, table_levels: pd.
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(status['name'])}: activedefect report</title>
 <style>body{{font-family:sans-serif;max-width:1300px;margin:1em auto}}img{{max-width:100%}}
-table{{border-collapse:collapse;font-size:12px}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}
+table{{border-collapse:collapse;font-size:12px}}.wide{{overflow-x:auto}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}
 .small{{font-size:11px;color:#666}}</style></head><body>
 <h1>{html.escape(status['name'])}</h1>
 <p>generation {status['generation']}, stop reason {html.escape(str(status['stop_reason']))};
@@ -465,7 +465,7 @@ oracle calls: low {status['oracle']['low']['calls']}, high {status['oracle']['hi
              "neighbour_distances_A", "n_minima"])}
 <p class="small">structures: ground_states/&lt;state&gt;.extxyz and .vasp in the campaign directory; all tables as JSON here.</p>
 <h2>Transition levels (eV above the VBM)</h2>
-{_table(table_levels, ["defect", "label", "level_eV", "stable", "energy_sources", "vbm_eV", "vbm_source"])}
+{_table(table_levels, ["defect", "label", "level_eV", "adjacent", "stable", "energy_sources", "vbm_eV", "vbm_source"])}
 <h2>Minima (last exploration)</h2>
 {_table(minima, ["state", "rank", "frame", "relative_energy_eV", "energy_std_eV", "high_energy_eV", "distortions",
                  "neighbour_distances_A"])}

@@ -302,10 +302,12 @@ class CampaignResults:
         return out
 
     def transition_levels(self) -> pd.DataFrame:
-        """eps(q/q') of adjacent computed charge states per defect (eV above the VBM).
+        """eps(q/q') per defect (eV above the VBM): every pair of adjacent computed
+        charges, and the kinks of the lower envelope inside the gap that are not adjacent
+        (a negative-U state in between: (0/-2) when -1 is never most stable).
 
-        Columns: defect, charge, charge_prime, label, level_eV, stable (a kink of the
-        lower envelope within the gap, i.e. crossed by a Fermi-level sweep),
+        Columns: defect, charge, charge_prime, label, level_eV, adjacent, stable (a kink of
+        the lower envelope within the gap, i.e. crossed by a Fermi-level sweep),
         energy_sources, vbm_eV, vbm_source, corrections_eV."""
         gs = self.ground_states()
         edges = self.band_edges
@@ -315,14 +317,17 @@ class CampaignResults:
             sources = dict(zip(group["charge"].astype(int), group["level_energy_source"]))
             corrections = self.corrections(defect)
             window = self.fermi_window(defect)
-            kinks = {(lv.charge, lv.charge_prime) for lv in
-                     levels.stable_levels(defect, energies, edges["vbm_eV"], window, corrections)}
-            for level in levels.adjacent_levels(defect, energies, edges["vbm_eV"], corrections):
-                rows.append({**level.as_dict(), "stable": (level.charge, level.charge_prime) in kinks,
+            stable = levels.stable_levels(defect, energies, edges["vbm_eV"], window, corrections)
+            adjacent = levels.adjacent_levels(defect, energies, edges["vbm_eV"], corrections)
+            kinks = {(lv.charge, lv.charge_prime) for lv in stable}
+            pairs = {(lv.charge, lv.charge_prime) for lv in adjacent}
+            for level in adjacent + [lv for lv in stable if (lv.charge, lv.charge_prime) not in pairs]:
+                key = (level.charge, level.charge_prime)
+                rows.append({**level.as_dict(), "adjacent": key in pairs, "stable": key in kinks,
                              "energy_sources": f"{sources[level.charge]}/{sources[level.charge_prime]}",
                              "vbm_eV": edges["vbm_eV"], "vbm_source": edges["vbm_source"],
-                             "corrections_eV": {q: corrections.get(q, 0.0) for q in (level.charge, level.charge_prime)}})
-        columns = ["defect", "charge", "charge_prime", "label", "level_eV", "stable", "energy_sources", "vbm_eV",
+                             "corrections_eV": {q: corrections.get(q, 0.0) for q in key}})
+        columns = ["defect", "charge", "charge_prime", "label", "level_eV", "adjacent", "stable", "energy_sources", "vbm_eV",
                    "vbm_source", "corrections_eV"]
         return pd.DataFrame(rows, columns=columns)
 

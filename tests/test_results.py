@@ -76,7 +76,7 @@ def test_ground_states_table(campaign: Campaign, finished: Path):
 def test_transition_levels_from_the_ground_state_energies(campaign: Campaign):
     gs = campaign.ground_states().set_index("charge")
     table = campaign.transition_levels()
-    assert table["label"].tolist() == ["(0/-2)"]
+    assert table["label"].tolist() == ["(0/-2)"] and table["adjacent"].all()
     row = table.iloc[0]
     vbm, _ = XtbBackend(dict(campaign.spec.fidelities["high"].settings)).band_edges_eV(host_supercell(campaign.spec))
     expected = (gs.loc[0, "level_energy_eV"] - gs.loc[-2, "level_energy_eV"]) / (-2 - 0) - vbm
@@ -123,8 +123,9 @@ def test_report_figures_and_their_data(campaign: Campaign, finished: Path, tmp_p
     assert cc["input"]["state_a"] == "v_Si_0" and cc["input"]["state_b"] == "v_Si_-2" and cc["n_points"] == 17
     lv = json.loads((out / "levels.json").read_text())
     assert lv["kind"] == "transition_levels"  # no chemical potentials in the tiny spec
+    table = campaign.transition_levels()
     assert list(lv["defects"]["v_Si"]["levels_eV"].values()) == pytest.approx(
-        campaign.transition_levels()["level_eV"].tolist())
+        table[table["adjacent"]]["level_eV"].tolist())
 
 
 @pytest.mark.slow
