@@ -354,11 +354,14 @@ def draw_levels(data: dict[str, Any], out: Path) -> dict[str, Any]:
             drawn["defects"][defect] = {"envelope_min_eV": float(envelope.min()), "envelope_max_eV": float(envelope.max()),
                                         "kinks_eV": [lv.level_eV for lv in stable]}
         else:
-            for level in adjacent:
-                ax.hlines(level.level_eV, i - 0.35, i + 0.35, color="C3" if level in stable else "0.5",
-                          linestyles="-" if level in stable else "--")
+            kinks = {lv.label for lv in stable}
+            shown = adjacent + [lv for lv in stable if lv.label not in {a.label for a in adjacent}]
+            for level in shown:
+                solid = level.label in kinks
+                ax.hlines(level.level_eV, i - 0.35, i + 0.35, color="C3" if solid else "0.5",
+                          linestyles="-" if solid else "--")
                 ax.annotate(level.label, (i + 0.37, level.level_eV), va="center", fontsize=7)
-            drawn["defects"][defect] = {"levels_eV": {lv.label: lv.level_eV for lv in adjacent},
+            drawn["defects"][defect] = {"levels_eV": {lv.label: lv.level_eV for lv in shown},
                                         "stable": [lv.label for lv in stable]}
     if formation:
         ax.set_xlabel("Fermi level above the VBM (eV)")

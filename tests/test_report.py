@@ -92,6 +92,14 @@ def test_levels_diagram_without_chemical_potentials_shows_levels(tmp_path):
     assert drawn["defects"]["v_X"]["stable"] == ["(0/-1)", "(-1/-2)"]
 
 
+def test_levels_diagram_shows_the_negative_u_level(tmp_path):
+    data = _levels_input(None)
+    data["defects"]["v_X"]["energies_eV"] = {"0": 0.0, "-1": 2.0, "-2": 3.2}  # VBM 1: (0/-1) 1.0, (-1/-2) 0.2
+    drawn = report.draw_levels(data, tmp_path)["defects"]["v_X"]
+    assert drawn["levels_eV"] == pytest.approx({"(0/-1)": 1.0, "(-1/-2)": 0.2, "(0/-2)": 0.6})
+    assert drawn["stable"] == ["(0/-2)"]
+
+
 def test_formation_energy_diagram_with_a_reference(tmp_path):
     drawn = report.draw_levels(_levels_input(-105.0), tmp_path)
     assert drawn["kind"] == "formation_energy"
