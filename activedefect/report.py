@@ -301,7 +301,7 @@ def draw_cc(data: dict[str, Any], out: Path) -> dict[str, Any]:
     for x in (0.0, data["delta_Q_amu_A"]):
         ax.axvline(x, color="0.6", lw=0.6, ls=":")
     ax.set_xlabel("Q (amu$^{1/2}$ Å)")
-    ax.set_ylabel("E + q E$_{VBM}$ (eV), committee `high` head")
+    ax.set_ylabel("E + q E$_{VBM}$ (eV), committee, high head")
     ax.set_title(f"configuration coordinate: {data['state_a']} ↔ {data['state_b']}")
     ax.legend(fontsize=7)
     fig.tight_layout()
