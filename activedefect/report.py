@@ -346,6 +346,11 @@ def draw_levels(data: dict[str, Any], out: Path) -> dict[str, Any]:
                                                       corrections.get(q, 0.0)) for q in sorted(energies)])
             envelope = lines.min(axis=0)
             ax.plot(fermi, envelope, color=f"C{i}", lw=2, label=defect)
+            charges = levels.stable_charges(energies, fermi, vbm, corrections)
+            for q in dict.fromkeys(charges.tolist()):  # the charge on each segment, at its middle
+                middle = int(np.flatnonzero(charges == q).mean())
+                ax.annotate(f"{q:+d}" if q else "0", (fermi[middle], envelope[middle]), textcoords="offset points",
+                            xytext=(0, 6), ha="center", fontsize=8, color=f"C{i}")
             for level in stable:
                 y = levels.formation_energy(energies[level.charge], level.charge, level.level_eV, vbm,
                                             d["reference_eV"], corrections.get(level.charge, 0.0))
