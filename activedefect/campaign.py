@@ -526,8 +526,9 @@ class Campaign:
             self.ws.release_lock()
 
     def export(self, out: str | Path) -> list[Path]:
-        """Labelled data per fidelity (extxyz MACE trains on), the ground states, and the
-        last generation's committee as MACE model files."""
+        """Labelled data per fidelity (extxyz MACE trains on), the ground states, the
+        last generation's committee as MACE model files (with ``calculator.json``), the
+        ShakeNBreak folder layout and every minimum (:mod:`activedefect.takeaways`)."""
         import shutil
 
         out = Path(out)
@@ -542,13 +543,45 @@ class Campaign:
             target = out / "ground_states"
             shutil.copytree(self.ws.ground_states_dir, target, dirs_exist_ok=True)
             written.append(target)
-        generations = sorted((self.ws.root / "models").glob("gen-*"))
-        complete = [g for g in generations if len(list(g.glob("member-*.model"))) == self.spec.committee.size]
-        if complete:
-            target = out / "models"
-            shutil.copytree(complete[-1], target, dirs_exist_ok=True)
-            written.append(target)
+        from activedefect import takeaways
+        from activedefect.results import CampaignResults
+
+        results = CampaignResults(self)
+        if takeaways.write_models(results, out / "models"):
+            written.append(out / "models")
+        if store is not None and self.state.get("ground_states"):
+            takeaways.write_shakenbreak(results, out / "shakenbreak")
+            takeaways.write_minima(results, out / "minima")
+            written += [out / "shakenbreak", out / "minima"]
         return written
+
+    # --- results for notebooks -------------------------------------------------------------
+    def results(self):  # noqa: ANN201 - CampaignResults
+        from activedefect.results import CampaignResults
+
+        return CampaignResults(self)
+
+    def ground_states(self):  # noqa: ANN201 - pandas.DataFrame
+        """One row per defect × charge state (see :meth:`CampaignResults.ground_states`)."""
+        return self.results().ground_states()
+
+    def minima(self):  # noqa: ANN201 - pandas.DataFrame
+        """Every minimum of the last exploration, rank 0 the ground state."""
+        return self.results().minima()
+
+    def transition_levels(self):  # noqa: ANN201 - pandas.DataFrame
+        """eps(q/q') of adjacent charge states, eV above the VBM."""
+        return self.results().transition_levels()
+
+    def history(self):  # noqa: ANN201 - pandas.DataFrame
+        """Per generation and charge state: ground-state record and committee evaluation."""
+        return self.results().history()
+
+    def report(self, out: str | Path | None = None) -> Path:
+        """Figures, their data and ``index.html`` in ``DIR/report`` (or ``out``)."""
+        from activedefect.report import write_report
+
+        return write_report(self.results(), Path(out) if out is not None else None)
 
     # --- what users read ------------------------------------------------------------------
     def oracle_totals(self, store: Store | None = None) -> dict[str, dict[str, float]]:

@@ -251,5 +251,23 @@ def job_scripts(
             console.print(f"wrote {out / f'{pool}.sh'}")
 
 
+@campaign_app.command("report")
+def report(
+    dir: Path = typer.Argument(..., help="campaign directory"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder (default DIR/report)"),
+) -> None:
+    """Figures (PNG, SVG), their data (JSON), tables and an index.html that opens from disk."""
+    from activedefect.campaign import Campaign
+
+    try:
+        campaign = Campaign.open(dir)
+    except (FileNotFoundError, SpecError) as error:
+        _fail(str(error))
+    if not campaign.ws.read_state().get("ground_states"):
+        _fail(f"{dir} has no ground states yet: run the campaign past its first exploration first")
+    page = campaign.report(out)
+    console.print(f"wrote {page}")
+
+
 if __name__ == "__main__":
     app()

@@ -166,6 +166,28 @@ class ConvergenceSpec(_Block):
     confirm: ConfirmSpec | None = ConfirmSpec()
 
 
+class LevelsSpec(_Block):
+    """Inputs of transition levels and formation energies, all at the `high` level of theory."""
+
+    vbm_eV: float | None = Field(default=None, description="VBM; default: computed where the high backend can (xtb)")
+    band_gap_eV: float | None = Field(default=None, gt=0, description="Fermi-level range of the diagrams")
+    corrections_eV: dict[str, float] = Field(
+        default_factory=dict, description="finite-size correction per charged defect, e.g. {v_Si_-2: 0.4}"
+    )
+    chemical_potentials_eV: dict[str, float] | None = Field(
+        default=None, description="absolute energy per atom of each element's reservoir, e.g. {Si: -5.4, C: -9.2}"
+    )
+    bulk_energy_eV: float | None = Field(default=None, description="host supercell energy; default: the host check's")
+
+    @field_validator("corrections_eV")
+    @classmethod
+    def _correction_keys(cls, value: dict[str, float]) -> dict[str, float]:
+        for key in value:
+            if not re.match(r"^.+_(0|[+-]\d+)$", key):
+                raise ValueError(f"corrections_eV key {key!r} should be a charged defect name such as `v_Si_-1`")
+        return value
+
+
 TASK_RESOURCES = ("label", "train", "explore")
 
 
@@ -249,6 +271,7 @@ class CampaignSpec(_Block):
     budget: BudgetSpec = BudgetSpec()
     convergence: ConvergenceSpec = ConvergenceSpec()
     cluster: ClusterSpec = ClusterSpec()
+    levels: LevelsSpec = LevelsSpec()
     seed: int = 0
 
     @field_validator("fidelities")

@@ -130,6 +130,11 @@ class Backend(ABC):
     def version(self) -> str:
         return "unknown"
 
+    def band_edges_eV(self, atoms: Atoms) -> tuple[float, float] | None:
+        """(VBM, CBM) of a perfect host cell at this level of theory, or None where the
+        backend cannot say (the spec's ``levels.vbm_eV`` is then needed)."""
+        return None
+
     # --- charge and spin ------------------------------------------------------------
 
     def electron_count(self, atoms: Atoms) -> float:

@@ -12,8 +12,10 @@ from functools import cache
 from importlib.metadata import version
 from typing import Any, ClassVar
 
+import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import CalculationFailed, Calculator
+from ase.units import Bohr, Hartree, kB
 
 from tblite.ase import TBLite
 from tblite.interface import Calculator as TBLiteAPI
@@ -100,6 +102,23 @@ class XtbBackend(CalculatorBackend):
             "max_iterations": 2 * settings["max_iterations"],
             "mixer_damping": settings["mixer_damping"] / 2,
         }
+
+    def band_edges_eV(self, atoms: Atoms) -> tuple[float, float]:
+        """Highest occupied and lowest empty orbital energy (eV) of the neutral host cell
+        at the Γ point, from tblite's orbital energies and occupations (an orbital is
+        occupied above half filling): the band edges of a Γ-only supercell calculation,
+        the same sampling the defect energies have."""
+        settings = self.settings
+        calc = TBLiteAPI(settings["method"], atoms.numbers, atoms.positions / Bohr, 0.0, 0,
+                         np.asarray(atoms.cell) / Bohr, np.asarray(atoms.pbc))
+        calc.set("accuracy", settings["accuracy"])
+        calc.set("temperature", settings["electronic_temperature"] * kB / Hartree)
+        calc.set("max-iter", settings["max_iterations"])
+        calc.set("verbosity", 0)
+        result = calc.singlepoint()
+        energies_eV = np.asarray(result.get("orbital-energies")) * Hartree
+        occupations = np.asarray(result.get("orbital-occupations"))  # 0..2 per orbital (closed shell)
+        return float(energies_eV[occupations > 1.0].max()), float(energies_eV[occupations <= 1.0].min())
 
     def _make_calculator(self, charge: int, multiplicity: int, settings: dict[str, Any]) -> Calculator:
         return TBLite(charge=charge, multiplicity=multiplicity, **settings)
