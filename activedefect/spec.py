@@ -126,7 +126,7 @@ class CommitteeSpec(_Block):
     batch_size: int = Field(default=8, gt=0)
     learning_rate: float = Field(default=0.01, gt=0)
     minimum_weight: float = Field(
-        default=0.0, ge=0,
+        default=100.0, ge=0,
         description="extra loss weight of labels near each charge state's lowest: 1 + w·exp(-ΔE/minimum_window_eV)",
     )
     minimum_window_eV: float = Field(default=0.1, gt=0)
