@@ -468,6 +468,8 @@ def _check_stratified(p: Mapping[str, Any]) -> None:
         raise ValueError(f"energy_bins must be >= 1, got {p['energy_bins']}")
     if p["fidelity"] not in FIDELITIES or p["source"] not in FIDELITIES or p["fidelity"] == p["source"]:
         raise ValueError(f"fidelity and source must be different fidelities of {FIDELITIES}")
+    if int(p["ground_state_relax_steps"]) < 0:
+        raise ValueError(f"ground_state_relax_steps must be >= 0, got {p['ground_state_relax_steps']}")
 
 
 def _strata_order(groups: pd.Series, n: int, rng: np.random.Generator) -> list[int]:
@@ -502,9 +504,13 @@ def stratified(
     include_ground_states: bool = True,
     fidelity: str = "high",
     source: str = "low",
+    ground_state_relax_steps: int = 0,
+    ground_state_relax_fmax_eV_A: float = 0.01,
 ) -> list[LabelRequest]:
     """Multi-fidelity top-up: every ground-state candidate not yet labelled at
-    ``fidelity``, then ``source``-labelled frames not yet at ``fidelity`` until those
+    ``fidelity`` (with ``ground_state_relax_steps`` > 0: a short oracle relaxation from it,
+    whose first step labels the candidate itself and the rest show the model the way to
+    the oracle's minimum), then ``source``-labelled frames not yet at ``fidelity`` until those
     reach ``fraction`` of all ``source``-labelled frames, stratified by defect, charge,
     basin and energy quantile (``energy_bins`` per defect × charge × basin), with at
     least one frame for every defect × charge state that has none at ``fidelity``."""
@@ -524,6 +530,8 @@ def stratified(
                     reason=f"ground-state candidate of {basin.defect} charge {basin.charge:+d}",
                     frame=None if frame is None else int(frame),
                     atoms=basin.atoms,
+                    relax_steps=int(ground_state_relax_steps),
+                    relax_fmax_eV_A=ground_state_relax_fmax_eV_A if ground_state_relax_steps else None,
                 )
             )
     source_ok = ctx.labelled(source, ok_only=True)[["frame", "energy_eV"]].drop_duplicates("frame")

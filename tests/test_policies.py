@@ -154,6 +154,12 @@ def test_stratified_covers_every_charge_state_and_every_ground_state():
     assert not set(r.frame for r in rest) & {0, 1}
     again = policy.select(ctx).requests
     assert [r.frame for r in again] == [r.frame for r in requests]  # seeded
+    assert all(r.relax_steps == 0 for r in requests)
+    relaxing = load_policy({"kind": "stratified", "ground_state_relax_steps": 3}).select(ctx).requests
+    assert [(r.relax_steps, r.relax_fmax_eV_A) for r in relaxing[:3]] == [(3, 0.01)] * 3  # the candidates
+    assert all(r.relax_steps == 0 for r in relaxing[3:])  # the stratified top-up stays single points
+    with pytest.raises(ValueError, match="ground_state_relax_steps"):
+        load_policy({"kind": "stratified", "ground_state_relax_steps": -1})
 
 
 def test_stratified_spreads_over_energy_quantiles():
