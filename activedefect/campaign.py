@@ -59,9 +59,12 @@ class Campaign:
 
         validate_seeds(spec)
         workspace = Workspace.create(spec, spec_path, directory or Path("runs") / spec.name)
-        campaign = cls(workspace, workspace.load_spec())
-        workspace.write_state(campaign.state)
-        workspace.log_event("created", spec=str(spec_path))
+        try:
+            campaign = cls(workspace, workspace.load_spec())
+            workspace.write_state(campaign.state)
+            workspace.log_event("created", spec=str(spec_path))
+        finally:
+            workspace.release_lock()
         return campaign
 
     @classmethod

@@ -100,6 +100,7 @@ def start(
 ) -> None:
     """Validate SPEC, create the campaign directory and run the loop to convergence."""
     from activedefect.campaign import Campaign
+    from activedefect.workspace import CampaignLockedError
 
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -110,7 +111,7 @@ def start(
             console.print(report.table())
             return
         campaign = Campaign.create(spec, dir)
-    except (SpecError, FileExistsError) as error:
+    except (SpecError, FileExistsError, CampaignLockedError) as error:
         _fail(str(error))
     if create_only:
         console.print(f"created {campaign.ws.root}; run it with `activedefect campaign resume {campaign.ws.root}`")

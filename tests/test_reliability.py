@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from campaign_support import KILL_SPEC, Driver, status_json, write_spec
+from campaign_support import KILL_SPEC, Driver, run_cli, status_json, write_spec
 
 from activedefect.campaign import STOP_REASONS, Campaign
 from activedefect.mace_model import load_model
@@ -106,6 +106,17 @@ def assert_store_whole(directory: Path) -> None:
             assert np.isfinite(forces).all() and np.isfinite(table.loc[row, "energy_eV"])
 
 
+def assert_second_start_refused(spec: Path, directory: Path, pid: int) -> None:
+    """A second `campaign start` on a running campaign's directory refuses, naming the
+    running driver, and changes nothing there."""
+    frozen = (directory / "campaign.yaml").read_bytes()
+    result = run_cli(["campaign", "start", str(spec), "--dir", str(directory)], timeout=120)
+    message = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, message
+    assert "already running" in message and f"driver pid {pid}" in message, message
+    assert (directory / "campaign.yaml").read_bytes() == frozen
+
+
 # --------------------------------------------------------------------- kill -9, resume, repeat
 @pytest.mark.slow
 def test_ten_sigkills_across_a_whole_campaign_lose_and_duplicate_nothing(tmp_path: Path):
@@ -134,6 +145,8 @@ def test_ten_sigkills_across_a_whole_campaign_lose_and_duplicate_nothing(tmp_pat
         while driver.alive and progress(directory) < goal:
             assert time.monotonic() < deadline, f"cycle {cycle}: no progress to {goal}; log:\n{driver.output()[-3000:]}"
             time.sleep(0.2)
+        if cycle == 0 and driver.alive:
+            assert_second_start_refused(spec, directory, driver.proc.pid)
         delay = rng.uniform(0.0, 2.0)
         time.sleep(delay)
         how = "outside SIGKILL"
@@ -399,3 +412,31 @@ def test_bad_input_is_a_clear_error_naming_the_field_before_any_work(edit, words
     assert result.exit_code == 2, message
     assert "error" in message and all(word in message for word in words), message
     assert not directory.exists(), "a campaign directory was created for bad input"
+
+
+# --------------------------------------------------------------------- one campaign, one driver
+def test_a_start_while_another_creates_the_directory_is_refused_and_writes_nothing(tmp_path: Path):
+    """Two `campaign start` on one directory: the one that finds the directory's lock held
+    (here by this process, as a `start` holds it while creating) refuses with a clear
+    message and writes no file; once the lock is free, a start creates the campaign."""
+    from typer.testing import CliRunner
+
+    from activedefect.cli import app
+
+    spec = write_spec(tmp_path / "spec.yaml", CYCLE_SPEC)
+    directory = tmp_path / "run"
+    directory.mkdir()
+    first = Workspace(directory)
+    first.acquire_lock()
+    args = ["campaign", "start", str(spec), "--dir", str(directory), "--create-only"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2, message
+    assert "already running" in message and f"driver pid {os.getpid()}" in message, message
+    assert sorted(p.name for p in directory.iterdir()) == [".lock"]
+    first.release_lock()
+    created = CliRunner().invoke(app, args)
+    assert created.exit_code == 0, created.output
+    assert (directory / "campaign.yaml").is_file() and Workspace(directory).read_state()["phase"] == "created"
+    again = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    assert again.exit_code == 2 and "already holds a campaign" in " ".join(again.output.split())
