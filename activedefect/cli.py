@@ -68,6 +68,7 @@ def _ground_state_table(status: dict) -> Table:
 
 def _run(campaign, workers: Optional[int], scheduler: Optional[str], dashboard_address: Optional[str]) -> None:  # noqa: ANN001
     from activedefect.hostcheck import HostUnstableError
+    from activedefect.store import StoreCorruptedError
     from activedefect.workspace import CampaignLockedError
 
     def announce(handle) -> None:  # noqa: ANN001
@@ -78,7 +79,7 @@ def _run(campaign, workers: Optional[int], scheduler: Optional[str], dashboard_a
         with _progress() as progress:
             status = campaign.run(workers=workers, scheduler=scheduler, dashboard_address=dashboard_address,
                                   reporter=RichReporter(progress), on_cluster=announce)
-    except (CampaignLockedError, HostUnstableError) as error:
+    except (CampaignLockedError, HostUnstableError, StoreCorruptedError) as error:
         _fail(str(error))
     except KeyboardInterrupt:
         console.print(f"interrupted; resume with `activedefect campaign resume {campaign.ws.root}`")

@@ -38,10 +38,10 @@ KILLS = 10
 #: Events that happen once per campaign (per generation, member or state): with the
 #: stored label rows they measure how far a campaign has come, whatever the kills.
 MILESTONES = ("seeded", "selected", "generation", "trained", "explored", "confirmed", "stopped")
-#: Crash points inside store writes: an outside SIGKILL rarely lands between a write's
-#: data and its commit marker, so some cycles die exactly there.
-STORE_POINTS = ("store:labels:before_commit", "store:labels:mid_commit", "store:frames:before_commit",
-                "store:frames:mid_commit")
+#: Crash points inside label writes (an outside SIGKILL rarely lands between a write's
+#: data and its commit marker); the first cycle dies inside the first frames write.
+LABEL_WRITE_POINTS = ("store:labels:before_commit", "store:labels:mid_commit")
+FIRST_FRAMES_WRITE = "store:frames:mid_commit:1"
 
 
 # --------------------------------------------------------------------- readers
@@ -122,12 +122,15 @@ def assert_second_start_refused(spec: Path, directory: Path, pid: int) -> None:
 def test_ten_sigkills_across_a_whole_campaign_lose_and_duplicate_nothing(tmp_path: Path):
     """The driver is killed with SIGKILL ten times at random points spread over a whole
     campaign (a seeded draw of progress targets — labels stored plus milestones — then a
-    random delay; three cycles die inside a store write instead), resumed each time, and
-    finally run to its stop reason. Nothing committed before a kill is lost or changed,
-    every requested label is stored exactly once, every member loads."""
+    random delay), resumed each time, and finally run to its stop reason. Three cycles die
+    inside a store write instead: the first frames write, and a random label write twice.
+    Nothing committed before a kill is lost or changed, every requested label is stored
+    exactly once, the store holds no half-written row, every member loads."""
     rng = random.Random(20261125)
     targets = sorted(rng.sample(range(2, 34), KILLS))
-    in_store_write = set(rng.sample(range(KILLS), 3))
+    crash_points = {0: FIRST_FRAMES_WRITE}
+    for cycle in rng.sample(range(2, KILLS), 2):
+        crash_points[cycle] = f"{rng.choice(LABEL_WRITE_POINTS)}:{rng.randint(1, 3)}"
     spec = write_spec(tmp_path / "spec" / "cycles.yaml", CYCLE_SPEC)
     directory = tmp_path / "run"
     committed: set[tuple] = set()
@@ -135,34 +138,35 @@ def test_ten_sigkills_across_a_whole_campaign_lose_and_duplicate_nothing(tmp_pat
     for cycle, target in enumerate(targets):
         args = ["campaign", "start", str(spec), "--dir", str(directory)] if cycle == 0 else \
             ["campaign", "resume", str(directory)]
-        kill_at = None
-        if cycle in in_store_write:
-            kill_at = f"{rng.choice(STORE_POINTS)}:{rng.randint(1, 3)}"
+        kill_at = crash_points.get(cycle)
         before = progress(directory) if directory.exists() else 0
         driver = Driver(args, directory, tmp_path / f"cycle-{cycle}.log", kill_at=kill_at)
-        goal = max(target, before + 1)  # every cycle gets somewhere
         deadline = time.monotonic() + 300
-        while driver.alive and progress(directory) < goal:
-            assert time.monotonic() < deadline, f"cycle {cycle}: no progress to {goal}; log:\n{driver.output()[-3000:]}"
-            time.sleep(0.2)
-        if cycle == 0 and driver.alive:
+        goal, delay = max(target, before + 1), 0.0  # every cycle gets somewhere
+        if cycle == 1:  # the resumed driver holds the lock from its `run` event on
+            driver.wait_for("the resumed driver's `run` event",
+                            lambda: [e["event"] for e in driver.events()].count("run") == 2)
             assert_second_start_refused(spec, directory, driver.proc.pid)
-        delay = rng.uniform(0.0, 2.0)
-        time.sleep(delay)
-        how = "outside SIGKILL"
-        if driver.alive:
+        while driver.alive and (kill_at is not None or progress(directory) < goal):
+            assert time.monotonic() < deadline, f"cycle {cycle}: no kill; log:\n{driver.output()[-3000:]}"
+            time.sleep(0.2)
+        if kill_at is None:
+            delay = rng.uniform(0.0, 2.0)
+            time.sleep(delay)
             os.kill(driver.proc.pid, signal.SIGKILL)
-        else:
-            how = f"SIGKILL at {kill_at}"
         rc = driver.wait()
         assert rc == -signal.SIGKILL, f"cycle {cycle}: rc {rc} (finished before the kill?); log:\n{driver.output()[-3000:]}"
         assert not driver.survivors(), f"cycle {cycle}: processes outlived the killed driver"
         kills += 1
         rows = label_rows(directory)
-        log.append(f"kill {kills}: target {goal}, +{delay:.1f} s, {how}, "
+        how = f"at crash point {kill_at}" if kill_at else f"from outside at progress {goal} + {delay:.1f} s"
+        log.append(f"kill {kills}: {how}, "
                    f"phase {Workspace(directory).read_state().get('phase')}, {len(rows)} labels")
         assert committed <= set(rows), f"kill {kills}: labels committed before it were lost or changed"
         committed = set(rows)
+        if kill_at == FIRST_FRAMES_WRITE:  # the seeds' frames are on disk, their commit marker is not
+            assert zarr.open_group(directory / "data.zarr", mode="r")["frames"]["positions"].shape[0] > 0
+            assert Store.open(directory / "data.zarr", mode="r").n_frames == 0
 
     driver = Driver(["campaign", "resume", str(directory)], directory, tmp_path / "final.log")
     assert driver.wait() == 0, driver.output()[-3000:]
@@ -440,3 +444,26 @@ def test_a_start_while_another_creates_the_directory_is_refused_and_writes_nothi
     assert (directory / "campaign.yaml").is_file() and Workspace(directory).read_state()["phase"] == "created"
     again = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
     assert again.exit_code == 2 and "already holds a campaign" in " ".join(again.output.split())
+
+
+def test_a_campaign_with_a_damaged_store_stops_naming_the_file_and_status_still_reads(tmp_path: Path):
+    """`campaign resume` on a store with a truncated chunk refuses to write to it (exit 2,
+    the file named, stop reason `error`); `campaign status` still reads what is whole."""
+    from typer.testing import CliRunner
+
+    from activedefect.cli import app
+    from activedefect.preparation import build_campaign_seeds
+
+    campaign = Campaign.create(write_spec(tmp_path / "spec.yaml", CYCLE_SPEC), tmp_path / "run")
+    campaign.store.add_frames([seed.atoms for seed in build_campaign_seeds(campaign.spec)])
+    campaign._close_store()
+    chunk = tmp_path / "run" / "data.zarr" / "frames" / "positions" / "c" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:40])
+    result = CliRunner().invoke(app, ["campaign", "resume", str(tmp_path / "run"), "--dashboard-address", ":0"],
+                                env={"COLUMNS": "400"})
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2, message
+    assert f"store file {chunk} is damaged" in message, message
+    with pytest.warns(UserWarning, match=str(chunk)):
+        status = status_json(tmp_path / "run")
+    assert status["stop_reason"] == "error" and "damaged" in Workspace(tmp_path / "run").read_state()["error"]
