@@ -108,7 +108,7 @@ def _node(parent: zarr.Group, name: str, root: Path) -> Any:
         return parent[name]
     except KeyError:
         raise
-    except Exception as error:  # noqa: BLE001 - zarr raises JSON, value or type errors
+    except Exception as error:  # zarr raises JSON, value or type errors
         raise _damaged(root / parent.path / name / "zarr.json", error) from error
 
 
@@ -216,7 +216,7 @@ class _Table:
         """``array[start:stop]``; a chunk that cannot be decoded is an error naming its file."""
         try:
             return array[start:stop]
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # a chunk that cannot be decoded, or another error
             bad = _damaged_chunks(array, start, stop, self.root)
             if bad:
                 raise next(iter(bad.values())) from error
@@ -307,7 +307,7 @@ async def _grow(array: AsyncArray, start: int, data: np.ndarray, tail: tuple[int
 def _contains(parent: zarr.Group, name: str, root: Path) -> bool:
     try:
         return name in parent
-    except Exception as error:  # noqa: BLE001 - zarr reads the member's metadata to answer
+    except Exception as error:  # zarr reads the member's metadata to answer
         raise _damaged(root / parent.path / name / "zarr.json", error) from error
 
 
@@ -888,7 +888,7 @@ def _extxyz_value(atoms: Atoms, key: str, where_kind: str, where: str, required:
 def _open_root(path: Path, mode: str) -> zarr.Group:
     try:
         root = zarr.open_group(path, mode=mode)
-    except Exception as error:  # noqa: BLE001 - zarr raises JSON, value or type errors
+    except Exception as error:  # zarr raises JSON, value or type errors
         if (path / "zarr.json").is_file():
             raise _damaged(path / "zarr.json", error) from error
         raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import ClassVar
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
@@ -22,7 +23,7 @@ FAULTS = ("segfault", "hang", "nan", "wrong_atom_count", "raise")
 
 
 class FaultyXTB(Calculator):
-    implemented_properties = ["energy", "free_energy", "forces"]
+    implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces"]
 
     def __init__(self, charge: int = 0, multiplicity: int = 1, faults: dict[str, str] | None = None,
                  electronic_temperature: float = 5000.0, **kwargs):

@@ -1,6 +1,7 @@
 """Fault injection on real parts: a whole small campaign killed with SIGKILL again and
 again and resumed, a Dask worker killed mid-task, oracle failures of every kind through
-the label task, and bad input refused before any work.
+the label step, a damaged store, bad input refused before any work, and one driver per
+campaign directory. docs/reliability.md lists each fault and its test.
 
 The counts the kill test prints (kills survived, labels requested, lost, duplicated) are
 the numbers quoted in docs/reliability.md.
@@ -145,7 +146,7 @@ def test_ten_sigkills_across_a_whole_campaign_lose_and_duplicate_nothing(tmp_pat
         goal, delay = max(target, before + 1), 0.0  # every cycle gets somewhere
         if cycle == 1:  # the resumed driver holds the lock from its `run` event on
             driver.wait_for("the resumed driver's `run` event",
-                            lambda: [e["event"] for e in driver.events()].count("run") == 2)
+                            lambda d=driver: [e["event"] for e in d.events()].count("run") == 2)
             assert_second_start_refused(spec, directory, driver.proc.pid)
         while driver.alive and (kill_at is not None or progress(directory) < goal):
             assert time.monotonic() < deadline, f"cycle {cycle}: no kill; log:\n{driver.output()[-3000:]}"
@@ -199,7 +200,7 @@ def test_ten_sigkills_across_a_whole_campaign_lose_and_duplicate_nothing(tmp_pat
 
 
 # --------------------------------------------------------------------- a Dask worker dies
-def executing_keys(dask_worker) -> list[str]:  # noqa: ANN001 - runs on a worker
+def executing_keys(dask_worker) -> list[str]:
     return [str(ts.key) for ts in dask_worker.state.executing]
 
 
@@ -274,12 +275,11 @@ def test_every_oracle_failure_is_recorded_not_stored_as_data_and_not_retried(tmp
     from faulty_oracle import FaultyXTB  # noqa: F401 - the workers import it by name
 
     from activedefect.cluster import open_cluster
+    from activedefect.geometry import content_hash
     from activedefect.preparation import build_campaign_seeds
     from activedefect.spec import FIDELITIES, load_spec
     from activedefect.store import on_grid
     from activedefect.training import training_data
-
-    from activedefect.geometry import content_hash
 
     base = load_spec(write_spec(tmp_path / "base.yaml", CYCLE_SPEC))
     frames = []
@@ -356,7 +356,7 @@ def bad_structures(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in folder.iterdir()}
 
 
-def _set(path: str, value):  # noqa: ANN202 - a spec edit
+def _set(path: str, value):
     def edit(spec: dict, files: dict[str, Path]) -> None:
         *parents, last = path.split(".")
         node = spec

@@ -1,8 +1,8 @@
-"""The Zarr store on disk: frames, labels, reopening, SIGKILL mid-append, extxyz, and the
-ShakeNBreak/VASP importer.
+"""The Zarr store on disk: frames, labels, reopening, SIGKILL mid-append, damaged files,
+a full disk, extxyz, and the ShakeNBreak/VASP importer.
 
-Run as a script, this file is the child process that the SIGKILL tests kill:
-``python tests/test_store.py STORE [--batches N] [--kill-at TABLE:POINT]``.
+Run as a script, this file is the child process that the SIGKILL and full-disk tests use:
+``python tests/test_store.py STORE [--batches N] [--kill-at TABLE:POINT] [--max-file-bytes N]``.
 """
 
 from __future__ import annotations
