@@ -255,8 +255,12 @@ def test_a_worker_killed_mid_task_is_rerun_and_its_result_stored_once(external_c
     _, fidelity, frame, settings_hash = killed["label-"].split("-")
     rows = label_rows(directory)
     keys = [(f, n, h) for f, n, h, _, _ in rows]
-    assert keys.count((fidelity, int(frame), settings_hash)) == 1
+    [status] = [row[3] for row in rows if row[:3] == (fidelity, int(frame), settings_hash)]
+    assert status == "ok", f"the rerun label is a {status} failure"
     assert len(keys) == len(set(keys)), "a label stored twice"
+    store = open_store(directory)
+    lost_tasks = [r for f in store.fidelities() for r in store.label_table(f)["reason"] if r.startswith("task failed")]
+    assert not lost_tasks, f"tasks lost with the worker were stored as failures: {lost_tasks}"
     _, generation, member = killed["train-"].split("-")
     load_model(directory / "models" / f"gen-{generation}" / f"member-{member}.model")
     trained = [(e["generation"], e["member"]) for e in Workspace(directory).events() if e["event"] == "trained"]
