@@ -204,6 +204,13 @@ def executing_keys(dask_worker) -> list[str]:
     return [str(ts.key) for ts in dask_worker.state.executing]
 
 
+def sole_holder(address: str, key: str, dask_scheduler=None) -> bool:  # runs on the scheduler
+    """True when the worker at ``address`` holds the only copy of an input of ``key``."""
+    task = dask_scheduler.tasks.get(key)
+    return task is not None and any(
+        [w.address for w in dependency.who_has] == [address] for dependency in task.dependencies)
+
+
 @pytest.fixture
 def external_cluster():
     """A LocalCluster owned by the test (nanny-restarted workers offering the engine's
@@ -227,7 +234,8 @@ def test_a_worker_killed_mid_task_is_rerun_and_its_result_stored_once(external_c
     """SIGKILL the worker process running a label task, then the one running a training
     task: Dask runs each task again on a live worker, the campaign finishes, and the label
     and the member are stored once (the driver takes one result per task and stores it
-    keyed by frame and settings)."""
+    keyed by frame and settings). Where it can, the test kills the worker that holds the
+    only copy of an input of the task (its backend settings or training data)."""
     cluster, client = external_cluster
     spec = write_spec(tmp_path / "spec" / "worker.yaml", {**CYCLE_SPEC, "convergence": {"confirm": None}})
     directory = tmp_path / "run"
@@ -241,10 +249,12 @@ def test_a_worker_killed_mid_task_is_rerun_and_its_result_stored_once(external_c
             assert time.monotonic() < deadline, f"no {prefix}* task seen running"
             running = client.run(executing_keys, on_error="ignore")
             hits = [(address, key) for address, keys in running.items() for key in keys if key.startswith(prefix)]
-            if hits:
-                address, key = hits[0]
+            if hits:  # best: the worker that holds the only copy of an input of the task
+                address, key = max(hits, key=lambda hit: client.run_on_scheduler(sole_holder, *hit))
+                sole = client.run_on_scheduler(sole_holder, address, key)
                 os.kill(cluster.scheduler.workers[address].pid, signal.SIGKILL)
                 killed[prefix] = key
+                print(f"killed the worker running {key}; it held the only copy of an input: {sole}")
             time.sleep(0.05)
     assert driver.wait() == 0, driver.output()[-3000:]
 
