@@ -25,7 +25,7 @@ from activedefect.labels import LabelResult
 from activedefect.reporting import LogReporter, Reporter
 from activedefect.spec import FIDELITIES, CampaignSpec, load_spec
 from activedefect.store import Store
-from activedefect.tasks import BackendCall, label_frame, relax_with_oracle, train_member_task
+from activedefect.tasks import BackendCall, label_frame, relax_with_oracle, shared_data, train_member_task
 from activedefect.workspace import Workspace
 
 STOP_REASONS = ("converged", "budget_low", "budget_high", "max_generations", "walltime", "error")
@@ -63,9 +63,12 @@ class Campaign:
 
         validate_seeds(spec)
         workspace = Workspace.create(spec, spec_path, directory or Path("runs") / spec.name)
-        campaign = cls(workspace, workspace.load_spec())
-        workspace.write_state(campaign.state)
-        workspace.log_event("created", spec=str(spec_path))
+        try:
+            campaign = cls(workspace, workspace.load_spec())
+            workspace.write_state(campaign.state)
+            workspace.log_event("created", spec=str(spec_path))
+        finally:
+            workspace.release_lock()
         return campaign
 
     @classmethod
@@ -186,9 +189,12 @@ class Campaign:
     resume = run
 
     def _share(self, data: Any):  # noqa: ANN202 - a Future
-        """Send ``data`` to every worker once (a dict is scattered whole, not per key)."""
-        [future] = self._client.scatter([data], broadcast=True)
-        return future
+        """Send ``data`` to the cluster once for many tasks, as the result of a task rather
+        than with ``scatter``: the scheduler keeps the task, so a worker lost while holding
+        the data costs a recompute. Scattered data dies with its last replica, and Dask
+        then forgets every task waiting on it (seen in the worker-kill test: a whole
+        generation's labels cancelled)."""
+        return self._client.submit(shared_data, data, pure=False)
 
     def _save(self, phase: str) -> None:
         self.state["phase"] = phase

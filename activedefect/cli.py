@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -49,7 +50,7 @@ def _progress() -> Progress:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}")  # a message is text, not markup
     raise typer.Exit(code=2)
 
 
@@ -69,6 +70,7 @@ def _ground_state_table(status: dict) -> Table:
 
 def _run(campaign, workers: Optional[int], scheduler: Optional[str], dashboard_address: Optional[str]) -> None:  # noqa: ANN001
     from activedefect.hostcheck import HostUnstableError
+    from activedefect.store import StoreCorruptedError
     from activedefect.workspace import CampaignLockedError
 
     def announce(handle) -> None:  # noqa: ANN001
@@ -79,7 +81,7 @@ def _run(campaign, workers: Optional[int], scheduler: Optional[str], dashboard_a
         with _progress() as progress:
             status = campaign.run(workers=workers, scheduler=scheduler, dashboard_address=dashboard_address,
                                   reporter=RichReporter(progress), on_cluster=announce)
-    except (CampaignLockedError, HostUnstableError) as error:
+    except (CampaignLockedError, HostUnstableError, StoreCorruptedError) as error:
         _fail(str(error))
     except KeyboardInterrupt:
         console.print(f"interrupted; resume with `activedefect campaign resume {campaign.ws.root}`")
@@ -101,6 +103,7 @@ def start(
 ) -> None:
     """Validate SPEC, create the campaign directory and run the loop to convergence."""
     from activedefect.campaign import Campaign
+    from activedefect.workspace import CampaignLockedError
 
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -111,7 +114,7 @@ def start(
             console.print(report.table())
             return
         campaign = Campaign.create(spec, dir)
-    except (SpecError, FileExistsError) as error:
+    except (SpecError, FileExistsError, CampaignLockedError) as error:
         _fail(str(error))
     if create_only:
         console.print(f"created {campaign.ws.root}; run it with `activedefect campaign resume {campaign.ws.root}`")

@@ -41,6 +41,8 @@ from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, format_charg
 KINDS = ("vacancy", "substitution", "interstitial")
 #: An interstitial closer than this to a host atom is a typo, not a defect.
 MIN_INTERSTITIAL_DISTANCE_A = 0.7
+#: Closest two host atoms may be (Å); the shortest bond in a crystal (H-H, 0.74 Å) is longer.
+MIN_HOST_DISTANCE_A = 0.5
 #: Distortion options passed through from the spec, with ShakeNBreak's meaning.
 DISTORTION_OPTIONS = (
     "bond_distortions",  # list of fractions, e.g. [-0.3, 0.0, 0.3]; replaces the increment
@@ -212,20 +214,45 @@ def load_host(path: str | Path, supercell: Any = (1, 1, 1)) -> Structure:
     try:
         structure = Structure.from_file(path)
     except Exception as pmg_error:  # noqa: BLE001 - fall back to ASE's readers
-        try:
-            from ase.io import read
-            from pymatgen.io.ase import AseAtomsAdaptor
-
-            structure = AseAtomsAdaptor.get_structure(read(path))
-        except Exception as ase_error:  # noqa: BLE001
-            raise ValueError(
-                f"cannot read host structure {path}: pymatgen said {pmg_error!r}; ASE said {ase_error!r}"
-            ) from ase_error
+        structure = _read_with_ase(path, pmg_error)
     if not structure.is_ordered:
         raise ValueError(f"host structure {path} has partial occupancies; give an ordered cell")
+    _check_no_overlap(structure, path)
     structure.remove_oxidation_states()
     structure = Structure(structure.lattice, [s.specie for s in structure], structure.frac_coords)
     return structure.make_supercell(_supercell_matrix(supercell), in_place=False)
+
+
+def _read_with_ase(path: Path, pmg_error: Exception) -> Structure:
+    """A host file pymatgen cannot read (e.g. extxyz), read by ASE; it must be a 3D crystal."""
+    from ase.io import read
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    try:
+        atoms = read(path)
+    except Exception as ase_error:  # noqa: BLE001
+        raise ValueError(
+            f"cannot read host structure {path}: pymatgen said {pmg_error!r}; ASE said {ase_error!r}"
+        ) from ase_error
+    if not atoms.pbc.all() or atoms.cell.rank < 3:
+        raise ValueError(
+            f"host structure {path} is not a periodic crystal (pbc {atoms.pbc.tolist()}, cell rank "
+            f"{atoms.cell.rank}); give a cell periodic in 3D, e.g. POSCAR, CIF, or extxyz with "
+            'Lattice= and pbc="T T T"'
+        )
+    return AseAtomsAdaptor.get_structure(atoms)
+
+
+def _check_no_overlap(structure: Structure, path: Path) -> None:
+    """Refuse atoms closer than :data:`MIN_HOST_DISTANCE_A` (periodic images included):
+    a duplicated or misplaced atom, which no oracle can label."""
+    distances = structure.distance_matrix + np.diag(np.full(len(structure), np.inf))
+    i, j = np.unravel_index(np.argmin(distances), distances.shape)
+    if distances[i, j] < MIN_HOST_DISTANCE_A:
+        raise ValueError(
+            f"host structure {path}: atoms {i} ({structure[i].specie}) and {j} ({structure[j].specie}) are "
+            f"{distances[i, j]:.2f} Å apart (overlapping); atoms must be >= {MIN_HOST_DISTANCE_A} Å apart"
+        )
 
 
 def defect_name(req: DefectRequest) -> str:
@@ -292,7 +319,7 @@ def host_oxidation_states(
 
 def default_charges(req: DefectRequest, host: Structure, oxidation_states: dict[str, int] | None = None) -> tuple[int, ...]:
     """doped's charge-state guess (as ``DefectsGenerator`` makes it) for one request."""
-    _check_against_host(req, host)
+    check_against_host(req, host)
     states = host_oxidation_states(host, [req], oxidation_states)
     with _quiet():
         return _guessed_charges(_doped_defect(req, _decorated(host, states), states))
@@ -381,7 +408,7 @@ def build_seeds(
     if duplicates:
         raise ValueError(f"several requests are named {duplicates}; give each a distinct `name`")
     for req in requests:
-        _check_against_host(req, host)
+        check_against_host(req, host)
     distorted = options.pop("distorted_elements", None) or {}
     unknown = sorted(set(distorted) - set(names))
     if unknown:
@@ -475,7 +502,9 @@ def _apply_multiplicity_overrides(seeds: list[Seed], overrides: dict[str, int]) 
             seed.atoms.info[SPIN_KEY] = int(m)
 
 
-def _check_against_host(req: DefectRequest, host: Structure) -> None:
+def check_against_host(req: DefectRequest, host: Structure) -> None:
+    """Raise ValueError when the host cannot hold the defect (element absent, site out of
+    range, interstitial on top of an atom)."""
     elements = sorted(el.symbol for el in host.composition.elements)
     replaced = req.element if req.kind == "vacancy" else req.site
     if req.kind != "interstitial":

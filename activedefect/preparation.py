@@ -4,40 +4,60 @@ the ShakeNBreak seeds, and the host check — each validated before any work sta
 from __future__ import annotations
 
 from ase import Atoms
+from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from activedefect.defects import DefectRequest, Seed, build_seeds, charged_name, load_host
+from activedefect.defects import DefectRequest, Seed, build_seeds, charged_name, check_against_host, load_host
 from activedefect.hostcheck import HostCheckResult, check_host
-from activedefect.spec import CampaignSpec, SpecError
+from activedefect.spec import CampaignSpec, DefectSpec, SpecError
 from activedefect.tasks import BackendCall
 
 
-def defect_requests(spec: CampaignSpec) -> list[DefectRequest]:
-    requests = []
-    for entry in spec.defects:
-        charges = tuple(entry.charges) if entry.charges is not None else None
-        if entry.vacancy is not None:
-            requests.append(DefectRequest(kind="vacancy", element=entry.vacancy, charges=charges))
-        elif entry.substitution is not None:
-            requests.append(DefectRequest(kind="substitution", element=entry.substitution.element,
-                                          site=entry.substitution.site, charges=charges))
-        else:
-            requests.append(DefectRequest(kind="interstitial", element=entry.interstitial.element,
-                                          frac_coords=tuple(entry.interstitial.frac_coords), charges=charges))
-    return requests
+def defect_request(entry: DefectSpec) -> DefectRequest:
+    charges = tuple(entry.charges) if entry.charges is not None else None
+    if entry.vacancy is not None:
+        return DefectRequest(kind="vacancy", element=entry.vacancy, charges=charges)
+    if entry.substitution is not None:
+        return DefectRequest(kind="substitution", element=entry.substitution.element,
+                             site=entry.substitution.site, charges=charges)
+    return DefectRequest(kind="interstitial", element=entry.interstitial.element,
+                         frac_coords=tuple(entry.interstitial.frac_coords), charges=charges)
 
 
 def host_supercell(spec: CampaignSpec) -> Atoms:
     return AseAtomsAdaptor.get_atoms(load_host(spec.host.structure, spec.host.supercell))
 
 
+def campaign_host(spec: CampaignSpec) -> Structure:
+    """The host supercell; a structure file that cannot serve as a host (unreadable, not
+    periodic, overlapping atoms) is a :class:`SpecError` naming ``host.structure``."""
+    try:
+        return load_host(spec.host.structure, spec.host.supercell)
+    except (ValueError, FileNotFoundError) as error:
+        raise SpecError(f"invalid campaign spec:\n  host.structure: {error}") from None
+
+
+def checked_requests(spec: CampaignSpec, host: Structure) -> list[DefectRequest]:
+    """The defect requests, each checked against the host; errors name ``defects.<i>``."""
+    entries = []
+    for i, entry in enumerate(spec.defects):
+        try:
+            request = defect_request(entry)
+            check_against_host(request, host)
+        except ValueError as error:
+            raise SpecError(f"invalid campaign spec:\n  defects.{i}: {error}") from None
+        entries.append(request)
+    return entries
+
+
 def build_campaign_seeds(spec: CampaignSpec) -> list[Seed]:
     """Every seed of every defect × charge state, deterministic for the spec's options."""
-    host = load_host(spec.host.structure, spec.host.supercell)
+    host = campaign_host(spec)
+    requests = checked_requests(spec, host)
     try:
         return build_seeds(
             host,
-            defect_requests(spec),
+            requests,
             oxidation_states=spec.host.oxidation_states,
             distortion_options=dict(spec.distortions),
             multiplicity_overrides=dict(spec.multiplicity),

@@ -23,6 +23,10 @@ from pydantic import (
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
 FIDELITIES = ("low", "high")
+#: Largest |charge| of a defect state accepted: point defects in semiconductors hold a few
+#: electrons or holes (doped guesses stay within the oxidation states); tens is a typo,
+#: and ShakeNBreak fails on such charges with an IndexError.
+MAX_ABS_CHARGE = 10
 
 
 class SpecError(ValueError):
@@ -65,7 +69,7 @@ class DefectSpec(_Block):
     vacancy: str | None = None
     substitution: SubstitutionSpec | None = None
     interstitial: InterstitialSpec | None = None
-    charges: list[int] | None = Field(default=None, description="default: ShakeNBreak/doped's guess")
+    charges: list[int] | None = Field(default=None, min_length=1, description="default: ShakeNBreak/doped's guess")
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> "DefectSpec":
@@ -78,6 +82,17 @@ class DefectSpec(_Block):
         if self.charges is not None and len(set(self.charges)) != len(self.charges):
             raise ValueError(f"charges {self.charges} repeat a charge state")
         return self
+
+    @field_validator("charges")
+    @classmethod
+    def _charges_in_range(cls, value: list[int] | None) -> list[int] | None:
+        out_of_range = [q for q in value or [] if abs(q) > MAX_ABS_CHARGE]
+        if out_of_range:
+            raise ValueError(
+                f"charges {out_of_range} are out of range: a defect charge state lies within "
+                f"±{MAX_ABS_CHARGE} (leave `charges` out to use doped's guess)"
+            )
+        return value
 
 
 class RetrySpec(_Block):

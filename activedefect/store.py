@@ -23,6 +23,12 @@ written (>= 0). Opening with mode "a" cuts every array back to that prefix. Read
 they see a consistent snapshot while the writer appends. Only one writer may hold a
 store at a time; ``Store.open(mode="a")`` takes an exclusive lock and fails fast.
 
+Damaged files (a chunk or metadata file cut short or overwritten: a failing disk, a
+copy interrupted) are found on open: every chunk is decoded (chunks carry a zstd
+checksum) and the error names the file. A reader skips a damaged label table (with a
+warning) and refuses only the frames whose atoms lie in a damaged chunk, so the rest stays
+readable; the writer refuses a damaged store, so nothing is appended to it.
+
 Positions and cells are kept on a 1e-8 Å grid (the precision extxyz writes) and hashed
 there: a frame exported to extxyz and read back hashes the same, so re-imports dedupe.
 """
@@ -35,6 +41,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -46,6 +53,7 @@ import pandas as pd
 import zarr
 from ase import Atoms
 from ase.stress import full_3x3_to_voigt_6_stress
+from zarr.codecs import ZstdCodec
 from zarr.core.array import AsyncArray
 from zarr.core.sync import sync
 
@@ -71,6 +79,8 @@ GRID_A = 1e-8
 #: among 4k-64k atoms x 256-4k rows; 256-row chunks made reopening 6x slower.
 ATOM_CHUNK = 1 << 14
 ROW_CHUNK = 1 << 10
+#: A checksum in every chunk: a flipped byte is an error on read, not a wrong number.
+COMPRESSOR = ZstdCodec(level=0, checksum=True)
 
 #: Test hook: ``"<frames|labels>:<before_commit|mid_commit>"`` makes the writing process
 #: SIGKILL itself at that point of its next append of that table.
@@ -80,7 +90,48 @@ _ORIGIN_INTS = ("generation", "trajectory", "step")
 
 
 class StoreCorruptedError(RuntimeError):
-    """The store breaks an invariant that its own writes cannot produce."""
+    """The store breaks an invariant that its own writes cannot produce, or one of its
+    files cannot be read; the message names the file."""
+
+
+def _damaged(file: Path, error: BaseException) -> StoreCorruptedError:
+    return StoreCorruptedError(
+        f"store file {file} is damaged ({type(error).__name__}: {error}); restore it from a backup. "
+        "The rest of the store still reads with Store.open(path, mode='r') "
+        "(`activedefect campaign status` / `export`)"
+    )
+
+
+def _node(parent: zarr.Group, name: str, root: Path) -> Any:
+    """``parent[name]``, or an error naming its metadata file when that cannot be read."""
+    try:
+        return parent[name]
+    except KeyError:
+        raise
+    except Exception as error:  # zarr raises JSON, value or type errors
+        raise _damaged(root / parent.path / name / "zarr.json", error) from error
+
+
+def _chunk_file(array: zarr.Array, index: int, root: Path) -> Path:
+    key = array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
+    return root / array.path / key
+
+
+def _damaged_chunks(array: zarr.Array, start: int, stop: int, root: Path) -> dict[int, StoreCorruptedError]:
+    """The chunks overlapping rows [start, stop) that cannot be decoded, each with an
+    error naming its file (decoded concurrently: as fast as reading the rows once)."""
+    length = array.chunks[0]
+    indices = list(range(start // length, -(-stop // length))) if stop > start else []
+
+    async def check(index: int) -> BaseException | None:
+        try:
+            await array.async_array.getitem(slice(index * length, min((index + 1) * length, array.shape[0])))
+        except Exception as error:  # noqa: BLE001 - any decode failure is damage
+            return error
+        return None
+
+    errors = sync(_gather([check(i) for i in indices]))
+    return {i: _damaged(_chunk_file(array, i, root), e) for i, e in zip(indices, errors) if e is not None}
 
 
 @dataclass(frozen=True)
@@ -131,14 +182,18 @@ def _committed_offsets(raw: np.ndarray, where: str) -> np.ndarray:
 class _Table:
     """Per-atom columns, per-row columns and an offsets array (commit marker) in one group."""
 
-    def __init__(self, group: zarr.Group, kind: str, columns: Sequence[_Column], offsets: str, writable: bool):
+    def __init__(
+        self, group: zarr.Group, kind: str, columns: Sequence[_Column], offsets: str, writable: bool, root: Path
+    ):
         self.kind = kind
         self.columns = columns
+        self.root = root
         # The offsets first: every other array's metadata is then at least as new as
         # the commit we read, so the committed prefix lies inside their shapes.
-        self.offsets_array = group[offsets]
-        self.offsets = _committed_offsets(self.offsets_array[:], f"{group.path}/{offsets}")
-        self.arrays = {c.name: group[c.name] for c in columns}
+        self.offsets_array = _node(group, offsets, root)
+        self.offsets = _committed_offsets(self._read_rows(self.offsets_array, 0, self.offsets_array.shape[0]),
+                                          f"{group.path}/{offsets}")
+        self.arrays = {c.name: _node(group, c.name, root) for c in columns}
         for c in columns:
             need = self.n_atoms if c.per_atom else self.n_rows
             if self.arrays[c.name].shape[0] < need:
@@ -146,8 +201,33 @@ class _Table:
                     f"{group.path}/{c.name} has {self.arrays[c.name].shape[0]} rows but the "
                     f"committed offsets need {need}"
                 )
+        #: Per-atom chunks that cannot be decoded: (column, chunk index) -> error.
+        self.damaged = {
+            (c.name, index): error
+            for c in columns if c.per_atom
+            for index, error in _damaged_chunks(self.arrays[c.name], 0, self.n_atoms, root).items()
+        }
+        if writable and self.damaged:
+            raise next(iter(self.damaged.values()))
         if writable:
             self._roll_back()
+
+    def _read_rows(self, array: zarr.Array, start: int, stop: int) -> np.ndarray:
+        """``array[start:stop]``; a chunk that cannot be decoded is an error naming its file."""
+        try:
+            return array[start:stop]
+        except Exception as error:  # a chunk that cannot be decoded, or another error
+            bad = _damaged_chunks(array, start, stop, self.root)
+            if bad:
+                raise next(iter(bad.values())) from error
+            raise
+
+    def check_atoms(self, start: int, stop: int) -> None:
+        """Raise the error naming the file when atom rows [start, stop) touch a damaged chunk."""
+        for (name, index), error in self.damaged.items():
+            length = self.arrays[name].chunks[0]
+            if index * length < stop and start < (index + 1) * length:
+                raise error
 
     @staticmethod
     def create(parent: zarr.Group, name: str, columns: Sequence[_Column], offsets: str) -> None:
@@ -159,9 +239,10 @@ class _Table:
                 del group[c.name]
             group.create_array(
                 c.name, shape=(0, *c.tail), chunks=(chunk, *c.tail), dtype=c.dtype,
-                fill_value=c.fill,
+                fill_value=c.fill, compressors=COMPRESSOR,
             )
-        array = group.create_array(offsets, shape=(1,), chunks=(ROW_CHUNK,), dtype="int64", fill_value=-1)
+        array = group.create_array(offsets, shape=(1,), chunks=(ROW_CHUNK,), dtype="int64", fill_value=-1,
+                                   compressors=COMPRESSOR)
         array[:] = 0
 
     @property
@@ -189,7 +270,9 @@ class _Table:
         stop = limit if stop is None else stop
         if stop <= start:
             return np.empty((0, *column.tail), dtype=object if column.dtype is str else column.dtype)
-        data = self.arrays[name][start:stop]
+        if column.per_atom:
+            self.check_atoms(start, stop)
+        data = self._read_rows(self.arrays[name], start, stop)
         return np.array(data.tolist(), dtype=object) if column.dtype is str else data
 
     def append(self, rows: dict[str, np.ndarray], atoms: dict[str, np.ndarray], counts: np.ndarray) -> None:
@@ -221,8 +304,15 @@ async def _grow(array: AsyncArray, start: int, data: np.ndarray, tail: tuple[int
     await array.setitem(slice(start, start + len(data)), data)
 
 
-def _table_exists(parent: zarr.Group, name: str, offsets: str) -> bool:
-    return name in parent and offsets in parent[name]
+def _contains(parent: zarr.Group, name: str, root: Path) -> bool:
+    try:
+        return name in parent
+    except Exception as error:  # zarr reads the member's metadata to answer
+        raise _damaged(root / parent.path / name / "zarr.json", error) from error
+
+
+def _table_exists(parent: zarr.Group, name: str, offsets: str, root: Path) -> bool:
+    return _contains(parent, name, root) and _contains(_node(parent, name, root), offsets, root)
 
 
 @dataclass(frozen=True)
@@ -353,7 +443,9 @@ class Store:
     def __init__(self, path: Path, root: zarr.Group, mode: str, lock: int | None):
         self.path, self.mode, self._root, self._lock = path, mode, root, lock
         writable = mode == "a"
-        self._frames = _Table(root["frames"], "frames", FRAME_COLUMNS, "offsets", writable)
+        self._frames = _Table(_node(root, "frames", path), "frames", FRAME_COLUMNS, "offsets", writable, path)
+        for error in self._frames.damaged.values():
+            warnings.warn(f"{error} Frames with atoms in it cannot be read.", stacklevel=3)
         t = self._frames
         self._cell = t.read("cell")
         self._pbc = t.read("pbc")
@@ -363,10 +455,21 @@ class Store:
         if len(self._hash_index) != t.n_rows:
             raise StoreCorruptedError(f"{path}: frames/hash holds duplicate hashes")
         self._labels: dict[str, _Labels] = {}
-        for name in sorted(root["labels"].group_keys()) if "labels" in root else []:
-            if _table_exists(root["labels"], name, "force_offsets"):
-                table = _Table(root["labels"][name], "labels", LABEL_COLUMNS, "force_offsets", writable)
-                self._labels[name] = _Labels(table)
+        #: Label tables a reader skipped because a file of theirs is damaged: fidelity -> error.
+        self.damaged: dict[str, StoreCorruptedError] = {}
+        labels = _node(root, "labels", path) if _contains(root, "labels", path) else None
+        for name in sorted(labels.group_keys()) if labels is not None else []:
+            try:
+                if _table_exists(labels, name, "force_offsets", path):
+                    table = _Table(_node(labels, name, path), "labels", LABEL_COLUMNS, "force_offsets", writable, path)
+                    if table.damaged:  # a label table is used whole (training, export): skip it
+                        raise next(iter(table.damaged.values()))
+                    self._labels[name] = _Labels(table)
+            except StoreCorruptedError as error:
+                if writable:
+                    raise
+                self.damaged[name] = error
+                warnings.warn(f"{error} Labels at fidelity {name!r} are left out.", stacklevel=3)
 
     # ----------------------------------------------------------------- open / close
     @classmethod
@@ -376,9 +479,8 @@ class Store:
         if mode == "r":
             if not (path / "zarr.json").is_file():
                 raise FileNotFoundError(f"no store at {path}: create it with Store.open(path, mode='a')")
-            root = zarr.open_group(path, mode="r")
-            _check_format(root, path)
-            if not _table_exists(root, "frames", "offsets"):
+            root = _open_root(path, "r")
+            if not _table_exists(root, "frames", "offsets", path):
                 raise FileNotFoundError(f"the store at {path} is still being created; open it again")
             return cls(path, root, mode, None)
         if mode != "a":
@@ -390,17 +492,17 @@ class Store:
         try:
             for partial in path.rglob("*.partial"):  # temp files of writes cut by a kill
                 partial.unlink(missing_ok=True)
-            root = zarr.open_group(path, mode="a")
+            root = _open_root(path, "a")
             if FORMAT_KEY not in root.attrs:
                 if len(root.attrs) or "frames" in root:
                     raise FileExistsError(f"{path} is a zarr group but not an activedefect store")
                 root.attrs.update({FORMAT_KEY: {"version": FORMAT_VERSION}, "bulk_energies": {}})
             _check_format(root, path)
-            if not _table_exists(root, "frames", "offsets"):
+            if not _table_exists(root, "frames", "offsets", path):
                 _Table.create(root, "frames", FRAME_COLUMNS, "offsets")
             labels = root.require_group("labels")
             for name in list(labels.group_keys()):
-                if not _table_exists(labels, name, "force_offsets"):
+                if not _table_exists(labels, name, "force_offsets", path):
                     del labels[name]  # creation was cut before its commit marker: never used
             return cls(path, root, mode, lock)
         except BaseException:
@@ -495,6 +597,9 @@ class Store:
         if not indices:
             return []
         offsets = self._frames.offsets
+        if self._frames.damaged:  # frame by frame: only those with atoms in a damaged chunk fail
+            return [self._atoms(i, *(self._frames.read(k, int(offsets[i]), int(offsets[i + 1]))
+                                     for k in ("numbers", "positions"))) for i in indices]
         lo, hi = int(min(offsets[i] for i in indices)), int(max(offsets[i + 1] for i in indices))
         arrays = self._frames.arrays
         numbers, positions = sync(_gather([arrays[k].async_array.getitem(slice(lo, hi)) for k in ("numbers", "positions")]))
@@ -555,7 +660,7 @@ class Store:
             raise ValueError(f"fidelity {fidelity!r}: use letters, digits, '_', '-', '.' (e.g. 'xtb', 'pbe')")
         if fidelity not in self._labels:
             _Table.create(self._root["labels"], fidelity, LABEL_COLUMNS, "force_offsets")
-            table = _Table(self._root["labels"][fidelity], "labels", LABEL_COLUMNS, "force_offsets", True)
+            table = _Table(self._root["labels"][fidelity], "labels", LABEL_COLUMNS, "force_offsets", True, self.path)
             self._labels[fidelity] = _Labels(table)
         labels = self._labels[fidelity]
         start = len(labels.status)
@@ -778,6 +883,18 @@ def _extxyz_value(atoms: Atoms, key: str, where_kind: str, where: str, required:
     if required:
         raise KeyError(f"{where}: no {where_kind} key {key!r}; pass energy_key/forces_key naming the file's keys")
     return None
+
+
+def _open_root(path: Path, mode: str) -> zarr.Group:
+    try:
+        root = zarr.open_group(path, mode=mode)
+    except Exception as error:  # zarr raises JSON, value or type errors
+        if (path / "zarr.json").is_file():
+            raise _damaged(path / "zarr.json", error) from error
+        raise
+    if mode == "r" or FORMAT_KEY in root.attrs:
+        _check_format(root, path)
+    return root
 
 
 def _check_format(root: zarr.Group, path: Path) -> None:

@@ -46,6 +46,12 @@ class BackendCall:
         return PyironLabeller(self.build(), self.pyiron_root)
 
 
+def shared_data(data: Any) -> Any:
+    """Data many tasks use (backend settings, training sets), held on a worker as a
+    task result that Dask can recompute if that worker dies."""
+    return data
+
+
 def label_frame(call: BackendCall, atoms: Atoms) -> LabelResult:
     """One oracle calculation; failures come back as data, never as exceptions."""
     backend = call.labeller()

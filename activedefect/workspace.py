@@ -103,20 +103,30 @@ class Workspace:
     # --- creation -------------------------------------------------------------------
     @classmethod
     def create(cls, spec: CampaignSpec, spec_source: Path, root: str | Path) -> "Workspace":
-        """Freeze ``spec`` into a new directory, copying every input file into ``inputs/``."""
+        """Freeze ``spec`` into a new directory, copying every input file into ``inputs/``.
+
+        Done under the directory's lock, so of two `campaign start` on one directory the
+        second refuses (locked, or the campaign exists) and writes nothing. The returned
+        workspace still holds the lock: release it once the first state is written."""
         ws = cls(root)
-        if ws.spec_path.exists():
-            raise FileExistsError(
-                f"{ws.root} already holds a campaign; resume it with `activedefect campaign resume {ws.root}` "
-                "or choose another --dir"
-            )
-        inputs = ws.root / "inputs"
-        inputs.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(spec.host.structure, inputs / spec.host.structure.name)
-        shutil.copy2(spec_source, inputs / f"original-{spec_source.name}")
-        frozen = spec.as_dict()
-        frozen["host"]["structure"] = f"inputs/{spec.host.structure.name}"
-        atomic_write_text(ws.spec_path, yaml.safe_dump(frozen, sort_keys=False))
+        ws.root.mkdir(parents=True, exist_ok=True)
+        ws.acquire_lock()
+        try:
+            if ws.spec_path.exists():
+                raise FileExistsError(
+                    f"{ws.root} already holds a campaign; resume it with `activedefect campaign resume {ws.root}` "
+                    "or choose another --dir"
+                )
+            inputs = ws.root / "inputs"
+            inputs.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(spec.host.structure, inputs / spec.host.structure.name)
+            shutil.copy2(spec_source, inputs / f"original-{spec_source.name}")
+            frozen = spec.as_dict()
+            frozen["host"]["structure"] = f"inputs/{spec.host.structure.name}"
+            atomic_write_text(ws.spec_path, yaml.safe_dump(frozen, sort_keys=False))
+        except BaseException:
+            ws.release_lock()
+            raise
         return ws
 
     def load_spec(self) -> CampaignSpec:

@@ -1,13 +1,14 @@
-"""The Zarr store on disk: frames, labels, reopening, SIGKILL mid-append, extxyz, and the
-ShakeNBreak/VASP importer.
+"""The Zarr store on disk: frames, labels, reopening, SIGKILL mid-append, damaged files,
+a full disk, extxyz, and the ShakeNBreak/VASP importer.
 
-Run as a script, this file is the child process that the SIGKILL tests kill:
-``python tests/test_store.py STORE [--batches N] [--kill-at TABLE:POINT]``.
+Run as a script, this file is the child process that the SIGKILL and full-disk tests use:
+``python tests/test_store.py STORE [--batches N] [--kill-at TABLE:POINT] [--max-file-bytes N]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import gzip
 import json
 import os
@@ -328,6 +329,31 @@ def test_sigkill_at_random_moments(tmp_path):
         assert store.add_frames([make_frame(start)]) == [start]
 
 
+def test_a_full_disk_mid_write_leaves_the_last_committed_state(tmp_path):
+    """A real file-size limit (RLIMIT_FSIZE in the writing child): the write that would
+    grow a chunk past it fails with EFBIG; the store reopens at the last batch the child
+    reported, with no temporary file left, and takes appends again once there is room."""
+    path = tmp_path / "s"
+    child = run_writer(path, "--batches", "0", "--max-file-bytes", "4096")
+    out, _ = child.communicate(timeout=120)
+    lines = out.splitlines()
+    assert child.returncode == 3, out
+    assert lines[-1].startswith(f"error {errno.EFBIG} "), out
+    assert len(lines) >= 3, f"the limit hit before two whole batches: {out}"
+    frames, labels = (int(x) for x in lines[-2].split())
+    partial = [str(p) for p in path.rglob("*") if p.is_file() and ".partial" in p.name]
+    assert not partial, f"temporary files left by the failed write: {partial}"
+    oversized = [p for p in path.rglob("*") if p.is_file() and p.stat().st_size > 4096]
+    assert not oversized
+    with Store.open(path, mode="r") as reader:
+        assert (reader.n_frames, reader.n_labels("xtb")) in {(frames, labels), (frames + 4, labels)}
+    assert_consistent(path, frames, labels)
+    with Store.open(path) as store:  # the failed batch's frames may have landed before its labels
+        assert store.n_labels("xtb") == labels and store.n_frames in (frames, frames + 4)
+        start = store.n_frames
+        assert store.add_frames([make_frame(start)]) == [start]
+
+
 # --------------------------------------------------------------------- extxyz
 def test_export_for_mace_and_import_round_trip(tmp_path):
     frames = random_frames(6, n_atoms=12, seed=5)
@@ -442,10 +468,86 @@ def test_corrupted_offsets_are_reported(tmp_path):
         Store.open(tmp_path / "s", mode="r")
 
 
+# --------------------------------------------------------------------- damaged files
+def damaged_copy(source: Path, tmp_path: Path, name: str, damage: str) -> tuple[Path, Path]:
+    """A copy of the store at ``source`` with file ``name`` cut to half its length
+    ("truncate") or with one byte in the middle of it flipped ("flip")."""
+    path = tmp_path / damage / "s"
+    shutil.copytree(source, path)
+    file = path / name
+    data = bytearray(file.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    file.write_bytes(bytes(data))
+    return path, file
+
+
+@pytest.fixture(scope="module")
+def two_chunk_store(tmp_path_factory) -> Path:
+    """280 frames of 60 atoms (two chunks of positions), labels at two fidelities."""
+    path = tmp_path_factory.mktemp("damage") / "s"
+    frames = random_frames(280, n_atoms=60, seed=3)
+    with Store.open(path) as store:
+        store.add_frames(frames)
+        for fidelity in ("xtb", "pbe"):
+            store.add_labels(fidelity, [(i, make_label(3 * i, 60)) for i in range(0, 280, 10)])
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_positions_chunk_is_named_on_open_and_the_rest_reads(two_chunk_store, tmp_path, damage):
+    path, file = damaged_copy(two_chunk_store, tmp_path, "frames/positions/c/1/0", damage)
+    with pytest.warns(UserWarning, match=str(file)):
+        reader = Store.open(path, mode="r")
+    first_chunk = [i for i in range(280) if 60 * (i + 1) <= 1 << 14]
+    assert len(reader.get_frames(first_chunk)) == len(first_chunk)
+    assert reader.n_labels("xtb") == reader.n_labels("pbe") == 28 and len(reader.labelled_atoms("pbe")) > 0
+    with pytest.raises(StoreCorruptedError, match=str(file)):
+        reader.get_frame(279)
+    with pytest.raises(StoreCorruptedError, match=f"{file}.*restore it from a backup"):
+        Store.open(path, mode="a")  # nothing is appended to a damaged store
+
+
+@pytest.mark.parametrize(("name", "damage"), [
+    ("labels/xtb/forces/c/0/0", "flip"), ("labels/xtb/status/c/0", "truncate"),
+    ("labels/xtb/force_offsets/c/0", "flip"), ("labels/xtb/energy/zarr.json", "truncate"),
+])
+def test_a_damaged_label_file_is_named_on_open_and_only_its_table_is_left_out(two_chunk_store, tmp_path, name, damage):
+    path, file = damaged_copy(two_chunk_store, tmp_path, name, damage)
+    with pytest.warns(UserWarning, match=f"{file}.*fidelity 'xtb' are left out"):
+        reader = Store.open(path, mode="r")
+    assert reader.fidelities() == ["pbe"] and set(reader.damaged) == {"xtb"}
+    assert reader.n_frames == 280 and len(reader.get_frames()) == 280
+    assert len(reader.labelled_atoms("pbe")) == sum(make_label(3 * i, 60).ok for i in range(0, 280, 10))
+    with pytest.raises(StoreCorruptedError, match=str(file)):
+        Store.open(path, mode="a")
+
+
+@pytest.mark.parametrize("name", ["zarr.json", "frames/zarr.json", "frames/hash/c/0", "frames/offsets/zarr.json"])
+def test_a_damaged_frame_index_or_root_file_stops_the_open_naming_it(two_chunk_store, tmp_path, name):
+    """Frames' per-frame columns index everything else: their damage is an error on open."""
+    path, file = damaged_copy(two_chunk_store, tmp_path, name, "truncate")
+    for mode in ("r", "a"):
+        with pytest.raises(StoreCorruptedError, match=str(file)):
+            Store.open(path, mode=mode)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("store")
     parser.add_argument("--batches", type=int, default=0)
     parser.add_argument("--kill-at")
+    parser.add_argument("--max-file-bytes", type=int, help="RLIMIT_FSIZE: a write past it fails with EFBIG")
     args = parser.parse_args()
+    if args.max_file_bytes:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (args.max_file_bytes, args.max_file_bytes))
+        try:
+            writer(args.store, args.batches, args.kill_at)
+        except OSError as error:
+            print("error", error.errno, error.filename, flush=True)
+            sys.exit(3)
     writer(args.store, args.batches, args.kill_at)
