@@ -172,10 +172,10 @@ def compare(campaign_dir: str | Path, baseline_dir: str | Path) -> Comparison:
         steps = 0
         if ground_state["structure"]:
             predicted = read(campaign.ws.root / ground_state["structure"])
-            evaluated = relax_with_oracle(call, predicted, settings.fmax, settings.steps, {})
-            check_calls += len(evaluated)
-            steps = len(evaluated)
-            ok = [(a, r) for a, r in evaluated if r.ok]
+            relaxation = relax_with_oracle(call, predicted, settings.fmax, settings.steps, {})
+            check_calls += len(relaxation.new)
+            steps = len(relaxation.path)
+            ok = [(a, r) for a, r in relaxation.path if r.ok]
             if ok:
                 final, label = min(ok, key=lambda pair: pair[1].energy_eV)
                 checked = float(label.energy_eV)

@@ -20,12 +20,19 @@ from activedefect import faults
 from activedefect.cluster import open_cluster
 from activedefect.convergence import GroundStateRecord, assess
 from activedefect.dashboard import METADATA_KEY, serve_from_driver
-from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, content_hash, displacement
+from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, displacement
 from activedefect.labels import LabelResult
 from activedefect.reporting import LogReporter, Reporter
 from activedefect.spec import FIDELITIES, CampaignSpec, load_spec
 from activedefect.store import Store
-from activedefect.tasks import BackendCall, label_frame, relax_with_oracle, shared_data, train_member_task
+from activedefect.tasks import (
+    BackendCall,
+    OracleRelaxation,
+    label_frame,
+    relax_with_oracle,
+    shared_data,
+    train_member_task,
+)
 from activedefect.workspace import Workspace
 
 STOP_REASONS = ("converged", "budget_low", "budget_high", "max_generations", "walltime", "error")
@@ -358,7 +365,7 @@ class Campaign:
                 outcome = LabelResult.failure("crashed", hashes[fidelity], f"task failed: {error}")
             if request.get("relax_steps"):
                 start = self.store.get_frame(request["frame"])
-                self._store_relaxation(fidelity, start, outcome if isinstance(outcome, list) else [])
+                self._store_relaxation(fidelity, start, outcome.new if isinstance(outcome, OracleRelaxation) else [])
                 self.state["relaxations"].append(_relax_key(request))
                 self.ws.write_state(self.state)
             else:
@@ -451,8 +458,7 @@ class Campaign:
         self._save("confirm")
         self.reporter.start("confirm (high-fidelity relaxations)", len(pending))
         call = self.backend_call("high")
-        known_labels = self._known_labels("high")
-        known = self._share(known_labels)
+        known = self._share(self._known_labels("high"))
         futures = {}
         for state, record in pending.items():
             atoms = self.store.get_frame(record["frame"])
@@ -462,18 +468,17 @@ class Campaign:
                                         pure=False, key=f"confirm-{state}")] = (state, atoms)
         for future in as_completed(futures):
             state, start = futures[future]
-            evaluated = future.result()
-            self._store_relaxation("high", start, evaluated)
-            ok = [(f, r) for f, r in evaluated if r.ok]
-            summary: dict[str, Any] = {"steps": len(evaluated)}
+            relaxation = future.result()
+            self._store_relaxation("high", start, relaxation.new)
+            ok = [(f, r) for f, r in relaxation.path if r.ok]
+            # steps labelled before (e.g. by a ground-state relaxation) are replayed, not recomputed
+            summary: dict[str, Any] = {"steps": len(relaxation.path), "new_calls": len(relaxation.new)}
             if ok:
                 final, final_label = ok[-1]
                 shift = displacement(start, final)
-                # A start labelled before is replayed, not returned: take its energy from the store.
-                start_label = known_labels.get(content_hash(start)) or ok[0][1]
                 summary.update(
                     rmsd_A=shift.rmsd_A, max_displacement_A=shift.max_displacement_A,
-                    start_energy_eV=start_label.energy_eV, final_energy_eV=final_label.energy_eV,
+                    start_energy_eV=ok[0][1].energy_eV, final_energy_eV=final_label.energy_eV,
                     final_max_force_eV_A=float(np.linalg.norm(final_label.forces_eV_A, axis=1).max()),
                     frame=self.store.find_frame(final),
                 )

@@ -61,12 +61,21 @@ def label_frame(call: BackendCall, atoms: Atoms) -> LabelResult:
         return LabelResult.failure("crashed", backend.settings_hash, f"{type(error).__name__}: {error}")
 
 
+@dataclass
+class OracleRelaxation:
+    """Every step of an oracle relaxation with its label (``path``, steps replayed from
+    known labels included) and the steps computed by this call (``new``)."""
+
+    path: list[tuple[Atoms, LabelResult]]
+    new: list[tuple[Atoms, LabelResult]]
+
+
 def relax_with_oracle(
     call: BackendCall, atoms: Atoms, fmax: float, steps: int, known: dict[str, LabelResult]
-) -> list[tuple[Atoms, LabelResult]]:
-    """Relax ``atoms`` with the backend (the confirm step, bootstrap relaxations),
-    returning every newly evaluated geometry with its label; geometries already labelled
-    in ``known`` (by content hash) are replayed, not recomputed."""
+) -> OracleRelaxation:
+    """Relax ``atoms`` with the backend (the confirm step, bootstrap and ground-state
+    relaxations); geometries already labelled in ``known`` (by content hash) are replayed,
+    not recomputed."""
     from activedefect.backends.base import LabelCalculator
 
     calc = LabelCalculator(call.labeller(), int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY]), known=known)
@@ -76,7 +85,7 @@ def relax_with_oracle(
         FIRE(work, logfile=None).run(fmax=fmax, steps=steps)
     except CalculationFailed:
         pass
-    return calc.evaluated
+    return OracleRelaxation(path=calc.visited, new=calc.evaluated)
 
 
 def train_member_task(**kwargs: Any) -> dict[str, Any]:

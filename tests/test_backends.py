@@ -318,8 +318,11 @@ def test_oracle_relaxation_replays_known_steps_instead_of_recomputing():
     atoms.info.update(total_charge=0, total_spin=1, defect="v_C")
     call = BackendCall("xtb", {"method": "GFN1-xTB", "electronic_temperature": 1000}, None, 1)
     first = relax_with_oracle(call, atoms, 0.05, 5, {})
-    assert len(first) == 6 and all(label.ok for _, label in first)
-    assert first[0][0].info["defect"] == "v_C"
-    known = {content_hash(frame): label for frame, label in first[:3]}
+    assert len(first.new) == 6 and all(label.ok for _, label in first.new)
+    assert [content_hash(f) for f, _ in first.path] == [content_hash(f) for f, _ in first.new]
+    assert first.new[0][0].info["defect"] == "v_C"
+    known = {content_hash(frame): label for frame, label in first.new[:3]}
     second = relax_with_oracle(call, atoms, 0.05, 5, known)
-    assert [content_hash(f) for f, _ in second] == [content_hash(f) for f, _ in first[3:]]
+    assert [content_hash(f) for f, _ in second.new] == [content_hash(f) for f, _ in first.new[3:]]
+    assert [content_hash(f) for f, _ in second.path] == [content_hash(f) for f, _ in first.path]
+    assert second.path[0][1] is known[content_hash(first.new[0][0])]  # replayed, not recomputed

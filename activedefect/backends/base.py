@@ -447,9 +447,9 @@ class GuardedCalculator(Calculator):
 class LabelCalculator(Calculator):
     """An ASE calculator that labels each geometry with :meth:`Backend.calculate` (for
     codes that run outside Python, such as VASP, and for oracle relaxations whose every
-    step is kept). ``evaluated`` collects each new (geometry, label); geometries whose
-    content hash is in ``known`` are not computed again, so a resumed relaxation replays
-    its finished steps for free."""
+    step is kept). ``evaluated`` collects each new (geometry, label), ``visited`` every
+    step's, replayed ones included; geometries whose content hash is in ``known`` are not
+    computed again, so a resumed relaxation replays its finished steps for free."""
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
@@ -461,6 +461,7 @@ class LabelCalculator(Calculator):
         self.multiplicity = multiplicity
         self.known = known or {}
         self.evaluated: list[tuple[Atoms, LabelResult]] = []
+        self.visited: list[tuple[Atoms, LabelResult]] = []
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -469,6 +470,7 @@ class LabelCalculator(Calculator):
         if label is None:
             label = self.backend.calculate(frame, self.charge, self.multiplicity)
             self.evaluated.append((frame, label))
+        self.visited.append((frame, label))
         if not label.ok:
             raise CalculationFailed(failure_message(label.status, label.reason))
         self.results = {"energy": label.energy_eV, "free_energy": label.energy_eV, "forces": label.forces_eV_A}
