@@ -494,6 +494,26 @@ def _strata_order(groups: pd.Series, n: int, rng: np.random.Generator) -> list[i
     return order
 
 
+def _relax_where_no_ground_state(
+    ctx: SelectionContext, table: pd.DataFrame, done: set[int], policy: str, fidelity: str, steps: int, fmax: float
+) -> list[LabelRequest]:
+    """A charge state whose committee relaxations all stopped untrusted has no candidate:
+    relax its lowest-energy `source`-labelled frame with the oracle instead, so the next
+    committee learns where that state's minimum lies."""
+    found = {(b.defect, int(b.charge)) for b in ctx.ground_states}
+    open_rows = table[~table["frame"].isin(done)]
+    requests = []
+    for (defect, charge), rows in sorted(open_rows.groupby(["defect", "charge"])):
+        if (defect, int(charge)) in found:
+            continue
+        lowest = rows.loc[rows["energy_eV"].idxmin()]
+        requests.append(LabelRequest(
+            fidelity=fidelity, policy=policy, frame=int(lowest["frame"]), relax_steps=steps, relax_fmax_eV_A=fmax,
+            reason=f"no ground-state candidate of {defect} charge {int(charge):+d}: oracle relaxation of its lowest frame",
+        ))
+    return requests
+
+
 @register_policy("stratified", check=_check_stratified)
 def stratified(
     ctx: SelectionContext,
@@ -510,7 +530,8 @@ def stratified(
     """Multi-fidelity top-up: every ground-state candidate not yet labelled at
     ``fidelity`` (with ``ground_state_relax_steps`` > 0: a short oracle relaxation from it,
     whose first step labels the candidate itself and the rest show the model the way to
-    the oracle's minimum), then ``source``-labelled frames not yet at ``fidelity`` until those
+    the oracle's minimum; and one from the lowest frame of each charge state that has no
+    candidate), then ``source``-labelled frames not yet at ``fidelity`` until those
     reach ``fraction`` of all ``source``-labelled frames, stratified by defect, charge,
     basin and energy quantile (``energy_bins`` per defect × charge × basin), with at
     least one frame for every defect × charge state that has none at ``fidelity``."""
@@ -538,6 +559,9 @@ def stratified(
     if source_ok.empty or ctx.frames.empty:
         return requests
     table = ctx.frames.merge(source_ok, on="frame", how="inner")
+    if ground_state_relax_steps:
+        requests += _relax_where_no_ground_state(ctx, table, done_idx, policy, fidelity, int(ground_state_relax_steps),
+                                                 ground_state_relax_fmax_eV_A)
     done = table["frame"].isin(done_idx)
     target = math.ceil(fraction * len(table)) - int(done.sum())
     ok = table["frame"].isin(set(ctx.labelled(fidelity, ok_only=True)["frame"]))

@@ -162,6 +162,22 @@ def test_stratified_covers_every_charge_state_and_every_ground_state():
         load_policy({"kind": "stratified", "ground_state_relax_steps": -1})
 
 
+def test_stratified_relaxes_the_lowest_frame_of_a_charge_state_without_ground_state():
+    states = [("v_X", -1), ("v_X", 0)]
+    frames, labels = store_tables(states, 10)
+    gs = [ground_state("v_X", 0)]  # v_X -1: every committee relaxation was cut
+    ctx = SelectionContext(budget_left={"low": 0, "high": 100}, frames=frames, labels=labels, ground_states=gs, seed=3)
+    requests = load_policy({"kind": "stratified", "ground_state_relax_steps": 3}).select(ctx).requests
+    low = labels["low"].merge(frames, on="frame")
+    lowest = int(low.loc[low[low["charge"] == -1]["energy_eV"].idxmin(), "frame"])
+    relaxations = [r for r in requests if r.relax_steps]
+    assert [(r.frame, r.relax_steps) for r in relaxations[1:]] == [(lowest, 3)]
+    assert relaxations[0].atoms is gs[0].atoms  # the candidate of v_X 0 is relaxed too
+    assert "no ground-state candidate" in relaxations[1].reason
+    single_points = load_policy("stratified-high").select(ctx).requests  # without relaxations: nothing of this
+    assert not any(r.relax_steps for r in single_points)
+
+
 def test_stratified_spreads_over_energy_quantiles():
     frames, labels = store_tables([("v_X", 0)], 40)
     frames = frames.drop(columns="basin")
