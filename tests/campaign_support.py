@@ -81,14 +81,20 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
+#: `Campaign.open(DIR).resume()` from Python, as a notebook user would run it.
+PYTHON_RESUME = [sys.executable, "-c", "import sys; from activedefect.campaign import Campaign; "
+                 "Campaign.open(sys.argv[1]).resume()"]
+
+
 class Driver:
-    """The CLI running a campaign in a subprocess, and every process it spawned (polled
+    """The CLI (or ``program``) running a campaign in a subprocess, and every process it spawned (polled
     while it runs, so the test can check that none outlives a killed driver)."""
 
-    def __init__(self, args: list[str], directory: Path, log: Path, kill_at: str | None = None):
+    def __init__(self, args: list[str], directory: Path, log: Path, kill_at: str | None = None,
+                 program: list[str] = CLI):
         self.directory, self.log = directory, log
         self._log_handle = open(log, "w")
-        self.proc = subprocess.Popen(CLI + args, stdout=self._log_handle, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(program + args, stdout=self._log_handle, stderr=subprocess.STDOUT,
                                      env=cli_env(kill_at), start_new_session=True)
         self.descendants: dict[int, psutil.Process] = {}
         self._watch = threading.Thread(target=self._collect_descendants, daemon=True)

@@ -32,3 +32,11 @@ def finished(shared_run: Driver) -> Path:
     rc = shared_run.wait()
     assert rc == 0, f"campaign failed (rc {rc}):\n{shared_run.output()[-4000:]}"
     return shared_run.directory
+
+
+def pytest_collection_modifyitems(items) -> None:  # noqa: ANN001
+    """Tests that watch the session's campaign while it runs go first: any test module
+    that reads the finished campaign (``finished``) would otherwise wait for it to end."""
+    watching = [item for item in items if "shared_run" in getattr(item, "fixturenames", ())
+                and "finished" not in item.fixturenames]
+    items[:] = watching + [item for item in items if item not in watching]

@@ -27,6 +27,7 @@ import yaml
 from campaign_support import (
     CLI,
     KILL_SPEC,
+    PYTHON_RESUME,
     RUN_TIMEOUT_S,
     SPEC,
     Driver,
@@ -369,7 +370,8 @@ def test_resume_after_kills_at_named_points(kill_spec: Path, tmp_path: Path):
 def test_resume_after_sigkill_at_a_random_time(kill_spec: Path, tmp_path: Path):
     """SIGKILL from outside at a random moment of generation 1: a random step to reach
     (generation 0 done, a member trained, exploration done, selection done), then a
-    random delay, so the kill lands in training, exploring or labelling."""
+    random delay, so the kill lands in training, exploring or labelling; resumed from
+    Python with ``Campaign.open(DIR).resume()``."""
     rng = random.Random()
     anchor, delay = rng.choice(["generation", "trained", "explored", "selected"]), rng.uniform(0.0, 3.0)
     when = f"{delay:.1f} s after the first `{anchor}` event"
@@ -383,7 +385,7 @@ def test_resume_after_sigkill_at_a_random_time(kill_spec: Path, tmp_path: Path):
     phase = Workspace(directory).read_state()["phase"]
     assert "stopped" not in [e["event"] for e in driver.events()], f"the campaign had finished {when}"
 
-    driver = resume(directory, tmp_path / "resume.log")
+    driver = Driver([str(directory)], directory, tmp_path / "resume.log", program=PYTHON_RESUME)  # from Python
     assert driver.wait() == 0, f"resume after a SIGKILL {when} (phase {phase}):\n{driver.output()[-3000:]}"
     assert [e["event"] for e in driver.events()].count("run") == 2
     assert_resume_sent_only_the_rest(directory, at_kill, run=1)
