@@ -43,8 +43,9 @@ SPEC = {
         "low": {"backend": "xtb", "settings": {"method": "GFN1-xTB", "electronic_temperature": 5000}},
         "high": {"backend": "xtb", "settings": {"method": "GFN1-xTB", "electronic_temperature": 1000}},
     },
-    "committee": {"size": 2, "epochs": 15, "finetune_epochs": 5, "model": {"num_channels": 16}},
-    "exploration": {"max_steps": 40},
+    "committee": {"size": 2, "epochs": 15, "finetune_epochs": 5, "bootstrap": False, "model": {"num_channels": 16}},
+    "exploration": {"max_steps": 150},  # committee relaxations reach fmax 0.01 eV/Å: a candidate per charge state
+    "policies": ["bootstrap", "committee-uncertainty", {"kind": "stratified", "ground_state_relax_steps": 3}],
     "budget": {"generations": 3},
     "convergence": {"confirm": {"fmax": 0.05, "steps": 10}},
     "cluster": {"workers": 2, "dashboard_address": ":0"},
