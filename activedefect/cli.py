@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -22,6 +22,12 @@ app.add_typer(campaign_app, name="campaign")
 bench_app = typer.Typer(help="Compare a campaign with the brute-force baseline.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 console = Console()
+
+
+# Cluster options shared by every command that runs a loop (start, baseline, resume).
+Workers = Annotated[Optional[int], typer.Option(help="LocalCluster workers (default: spec cluster.workers)")]
+Scheduler = Annotated[Optional[str], typer.Option(help="address of an existing Dask scheduler")]
+DashboardAddress = Annotated[Optional[str], typer.Option(help="dashboard address, e.g. :8787")]
 
 
 class RichReporter:
@@ -95,9 +101,9 @@ def _run(campaign, workers: Optional[int], scheduler: Optional[str], dashboard_a
 def start(
     spec: Path = typer.Argument(..., help="campaign spec (YAML)"),
     dir: Optional[Path] = typer.Option(None, "--dir", help="campaign directory (default runs/<name>)"),
-    workers: Optional[int] = typer.Option(None, help="LocalCluster workers (default: spec cluster.workers)"),
-    scheduler: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler"),
-    dashboard_address: Optional[str] = typer.Option(None, help="dashboard address, e.g. :8787"),
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    dashboard_address: DashboardAddress = None,
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, host-check, count seeds, estimate cost; no loop"),
     create_only: bool = typer.Option(False, "--create-only", help="create the directory (e.g. to import data) and stop"),
 ) -> None:
@@ -126,9 +132,9 @@ def start(
 def baseline(
     spec: Path = typer.Argument(..., help="campaign spec (YAML); its seeds and `high` fidelity are used"),
     dir: Optional[Path] = typer.Option(None, "--dir", help="baseline directory (default runs/<name>-baseline)"),
-    workers: Optional[int] = typer.Option(None, help="LocalCluster workers (default: spec cluster.workers)"),
-    scheduler: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler"),
-    dashboard_address: Optional[str] = typer.Option(None, help="dashboard address, e.g. :8787"),
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    dashboard_address: DashboardAddress = None,
 ) -> None:
     """Relax every seed of SPEC with the `high` backend directly (the brute-force ShakeNBreak
     search); resumable with `campaign resume DIR`."""
@@ -136,9 +142,11 @@ def baseline(
     from activedefect.spec import load_spec
 
     logging.basicConfig(level=logging.WARNING)
+    from activedefect.workspace import CampaignLockedError
+
     try:
         run = Baseline.create(spec, dir or Path("runs") / f"{load_spec(spec).name}-baseline")
-    except (SpecError, FileExistsError) as error:
+    except (SpecError, FileExistsError, CampaignLockedError) as error:
         _fail(str(error))
     _run(run, workers, scheduler, dashboard_address)
 
@@ -146,9 +154,9 @@ def baseline(
 @campaign_app.command("resume")
 def resume(
     dir: Path = typer.Argument(..., help="campaign directory"),
-    workers: Optional[int] = typer.Option(None),
-    scheduler: Optional[str] = typer.Option(None),
-    dashboard_address: Optional[str] = typer.Option(None),
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    dashboard_address: DashboardAddress = None,
 ) -> None:
     """Continue a campaign after a crash, a kill, Ctrl-C or a walltime stop."""
     from activedefect.campaign import Campaign
