@@ -150,10 +150,11 @@ class Campaign:
         wall_before = float(self.state.get("wall_s", 0.0))
         stop_page = None
         try:
-            if self.state.get("stop_reason") not in (None, "error", "walltime"):
+            if self.state.get("phase") == "stopped" and self.state.get("stop_reason") not in (None, "error", "walltime"):
                 self.reporter.message(f"campaign already stopped: {self.state['stop_reason']}")
                 return self.status()
-            self.state["stop_reason"] = None
+            if self.state.get("stop_reason") in ("error", "walltime"):
+                self.state["stop_reason"] = None  # else: stopped, but killed before the end (confirm) finished
             with open_cluster(
                 self.spec.cluster, workers=workers, scheduler_address=scheduler, dashboard_address=dashboard_address
             ) as handle:
