@@ -394,6 +394,7 @@ class Campaign:
         high_hash = self.settings_hash("high")
         labels = self.store.label_table("high")
         trust_lo, _ = selection.trust_window(self.spec)
+        unfinished = exploration.unfinished({s["seed"] for s in self.state["seeds"]})
         for key, candidate in exploration.ground_state_candidates().items():
             defect, charge = key
             state = charged_name(defect, charge)
@@ -404,7 +405,7 @@ class Campaign:
             record = GroundStateRecord(
                 defect=defect, charge=charge, generation=generation, frame=int(candidate.frame),
                 seed=candidate.members[0], predicted_energy_eV=candidate.energy_eV,
-                max_force_spread_eV_A=candidate.max_force_std_eV_A,
+                max_force_spread_eV_A=candidate.max_force_std_eV_A, unfinished_seeds=unfinished.get(key, 0),
             )
             rows = labels[(labels["frame"] == candidate.frame) & (labels["settings_hash"] == high_hash)
                           & (labels["status"] == "ok")]

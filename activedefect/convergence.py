@@ -3,7 +3,9 @@
 A defect × charge state is converged when its ground-state candidate has stayed put
 (RMSD ≤ ``rmsd`` to the previous generation's) for ``patience`` generations, its `high`
 label exists and agrees with the prediction (|ΔE| ≤ ``energy``, max |F| ≤ ``max_force``),
-and the committee agrees there (max force spread ≤ ``max_spread``).
+and the committee agrees there (max force spread ≤ ``max_spread``) — and, with
+``finished_seeds``, once no seed's committee relaxation is still under way: a distorted
+seed cut short may yet reach a lower basin.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class GroundStateRecord:
     high_max_force_eV_A: float | None = None
     rmsd_to_previous_A: float | None = None
     max_displacement_to_previous_A: float | None = None
+    unfinished_seeds: int = 0
     stable_generations: int = 0
     converged: bool = False
     reasons: tuple[str, ...] = ()
@@ -68,6 +71,8 @@ def assess(
     max_spread = spec.max_spread if spec.max_spread is not None else max_spread_default
     if record.max_force_spread_eV_A > max_spread:
         reasons.append(f"force spread {record.max_force_spread_eV_A:.3f} eV/Å > {max_spread}")
+    if spec.finished_seeds and record.unfinished_seeds:
+        reasons.append(f"{record.unfinished_seeds} seed relaxations not at a minimum yet")
     record.reasons = tuple(reasons)
     record.converged = not reasons
     return record

@@ -44,6 +44,8 @@ MAX_STEPS = "max_steps"
 CUT_UNTRUSTED = "cut_untrusted"
 EXPLODED = "exploded"
 STATUSES = (CONVERGED, MAX_STEPS, CUT_UNTRUSTED, EXPLODED)
+#: Stopped before a minimum, with somewhere sound to go on from.
+UNFINISHED = (CUT_UNTRUSTED, MAX_STEPS)
 
 
 class Prediction(Protocol):

@@ -16,7 +16,8 @@ from ase import Atoms
 from activedefect.basins import Basin, group_basins
 from activedefect.cluster import workers_offering
 from activedefect.defects import charged_name
-from activedefect.explore import RelaxResult, RelaxSettings, exploration_starts, relax
+from activedefect.explore import UNFINISHED, RelaxResult, RelaxSettings, exploration_starts, relax, seed_name
+from activedefect.geometry import CHARGE_KEY, DEFECT_KEY
 from activedefect.policies import SelectionContext, candidate_table, load_policy, mean_pooled, select
 from activedefect.spec import FIDELITIES, CampaignSpec
 from activedefect.workspace import atomic_write_json
@@ -38,6 +39,15 @@ class Exploration:
 
     def ground_state_candidates(self) -> dict[tuple[str, int], Basin]:
         return {key: states[0] for key, states in sorted(self.basins.items()) if states}
+
+    def unfinished(self, seeds: set[str]) -> dict[tuple[str, int], int]:
+        """Per defect × charge state, how many relaxations from ``seeds`` (or their
+        continuations) stopped before a minimum."""
+        counts: dict[tuple[str, int], int] = {}
+        for r in self.results:
+            if r.status in UNFINISHED and r.seed in seeds:
+                counts[(r.defect, r.charge)] = counts.get((r.defect, r.charge), 0) + 1
+        return counts
 
 
 def policies(spec: CampaignSpec):  # noqa: ANN201 - list[Policy]
@@ -83,6 +93,8 @@ def cached_or_explore(campaign: "Campaign", generation: int, model_paths: list[P
     spec, store, client = campaign.spec, campaign.store, campaign._client
     trust_lo, trust_hi = trust_window(spec)
     starts = store.get_frames([s["frame"] for s in campaign.state["seeds"]])
+    if spec.exploration.continue_unfinished and generation > 1:
+        starts = continued_starts(starts, _previous_results(campaign, generation))
     best = [store.get_frame(r["frame"]) for r in campaign.state["ground_states"].values()]
     if best:
         e = spec.exploration
@@ -122,6 +134,25 @@ def cached_or_explore(campaign: "Campaign", generation: int, model_paths: list[P
     tmp.replace(path)
     campaign.ws.log_event("explored", generation=generation, **_summary(exploration)["counts"])
     return exploration
+
+
+def _previous_results(campaign: "Campaign", generation: int) -> list[RelaxResult]:
+    path = campaign.ws.generation_dir(generation - 1) / "exploration.pkl"
+    return pickle.loads(path.read_bytes()).results if path.exists() else []
+
+
+def continued_starts(seeds: list[Atoms], previous: list[RelaxResult]) -> list[Atoms]:
+    """Each seed, or where its last committee relaxation stopped unfinished (cut where the
+    committee disagreed, or out of steps), the structure it stopped at: labels taken there
+    teach the next committee that stretch, so the relaxation goes on rather than walking
+    the same path from the seed and being cut again. A distorted seed thus reaches its
+    basin over generations, however far it lies."""
+    stopped = {(r.defect, r.charge, r.seed): r for r in previous if r.status in UNFINISHED}
+    return [stopped[_lineage(seed)].atoms.copy() if _lineage(seed) in stopped else seed for seed in seeds]
+
+
+def _lineage(atoms: Atoms) -> tuple[str, int, str | None]:
+    return str(atoms.info[DEFECT_KEY]), int(atoms.info[CHARGE_KEY]), seed_name(atoms)
 
 
 def _store_frames(campaign: "Campaign", results: list[RelaxResult]) -> None:

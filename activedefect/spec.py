@@ -158,6 +158,9 @@ class ExplorationSpec(_Block):
     rattle_stdev_A: float = Field(default=0.05, gt=0)
     cross_charge: bool = True
     min_distance_A: float = Field(default=0.7, gt=0)
+    continue_unfinished: bool = Field(
+        default=True, description="a seed relaxation cut or out of steps goes on from there next generation"
+    )
 
 
 class BudgetSpec(_Block):
@@ -178,6 +181,9 @@ class ConvergenceSpec(_Block):
     max_force: float = Field(default=0.05, gt=0, description="eV/Å, max |F| on the high label")
     max_spread: float | None = Field(default=None, gt=0, description="eV/Å; default: uncertainty trust_lo")
     patience: int = Field(default=2, ge=1)
+    finished_seeds: bool = Field(
+        default=True, description="converged only once every seed's committee relaxation has reached a minimum"
+    )
     confirm: ConfirmSpec | None = ConfirmSpec()
 
 
