@@ -69,6 +69,12 @@ class LabelRequest:
         if self.frame is None and self.atoms is None:
             raise ValueError("a LabelRequest needs a store frame index or the atoms to label")
 
+    @property
+    def max_calls(self) -> int:
+        """Oracle calls it may make: a relaxation of n steps evaluates its start and
+        each of the n steps (fewer when it converges or replays known labels)."""
+        return self.relax_steps + 1 if self.relax_steps else 1
+
     def key(self) -> tuple[str, str]:
         """Identity for de-duplication: fidelity and frame index (or content hash)."""
         return self.fidelity, (f"frame:{self.frame}" if self.frame is not None else content_hash(self.atoms))
@@ -95,8 +101,9 @@ class SelectionResult:
     budget_exhausted: dict[str, bool] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
 
-    def count(self, fidelity: str) -> int:
-        return sum(r.fidelity == fidelity for r in self.requests)
+    def calls(self, fidelity: str) -> int:
+        """The most oracle calls of ``fidelity`` these requests may make."""
+        return sum(r.max_calls for r in self.requests if r.fidelity == fidelity)
 
     @property
     def any_exhausted(self) -> bool:
@@ -246,9 +253,9 @@ def _within_budget(requests: list[LabelRequest], budget_left: Mapping[str, int])
     left = {f: int(budget_left.get(f, 0)) for f in FIDELITIES}
     kept, dropped = [], dict.fromkeys(FIDELITIES, 0)
     for r in requests:
-        if left[r.fidelity] > 0:
+        if left[r.fidelity] >= r.max_calls:
             kept.append(r)
-            left[r.fidelity] -= 1
+            left[r.fidelity] -= r.max_calls
         else:
             dropped[r.fidelity] += 1
     return SelectionResult(kept, {f: left[f] <= 0 for f in FIDELITIES}, dropped)
@@ -267,7 +274,7 @@ def select(policies: Sequence[Policy], ctx: SelectionContext, phase: str) -> Sel
         result = _within_budget(_unique(raw, seen), budget)
         total.requests.extend(result.requests)
         for f in FIDELITIES:
-            budget[f] -= result.count(f)
+            budget[f] -= result.calls(f)
             total.dropped[f] += result.dropped[f]
             total.budget_exhausted[f] = budget[f] <= 0
     return total

@@ -199,6 +199,18 @@ def test_stratified_respects_budget_ground_states_first():
     assert result.budget_exhausted["high"] and result.dropped["high"] == 2 + 5
 
 
+def test_oracle_relaxations_count_every_call_they_may_make_against_the_budget():
+    states = [("v_X", q) for q in (-1, 0)]
+    frames, labels = store_tables(states, 10)
+    gs = [ground_state(d, q, shift=0.1 * k) for k, (d, q) in enumerate(states)]
+    policy = load_policy({"kind": "stratified", "ground_state_relax_steps": 3, "fraction": 0.5})
+    result = policy.select(SelectionContext(budget_left={"high": 7}, frames=frames, labels=labels, ground_states=gs))
+    relaxations = [r for r in result.requests if r.relax_steps]
+    assert len(relaxations) == 1 and relaxations[0].max_calls == 4  # the start and 3 steps
+    assert result.calls("high") == 4 + 3 and len(result.requests) == 4  # then 3 single points
+    assert result.budget_exhausted["high"] and result.dropped["high"] >= 1
+
+
 def test_stratified_skips_failed_low_labels_and_counts_failed_high_ones():
     frames, labels = store_tables([("v_X", 0)], 10)
     labels["low"].loc[labels["low"]["frame"] < 5, "status"] = "scf_not_converged"
@@ -235,11 +247,12 @@ def test_bootstrap_labels_all_seeds_low_and_unperturbed_plus_fraction_high():
         zip(cand["defect"], cand["charge"])
     )
     relaxing = load_policy({"kind": "bootstrap", "low_relax_steps": 20, "high_fraction": 0.0})
-    result = relaxing.select(SelectionContext(budget_left={"low": 12, "high": 100}, candidates=cand))
+    # a 20-step relaxation may make 21 calls: a budget of 12 x 21 + 20 holds 12 of them
+    result = relaxing.select(SelectionContext(budget_left={"low": 12 * 21 + 20, "high": 100}, candidates=cand))
     low = [r for r in result.requests if r.fidelity == "low"]
     assert len(low) == 12 and all(r.relax_steps == 20 and r.relax_fmax_eV_A == 0.05 for r in low)
     assert [cand.loc[r.frame, "seed"] for r in low[:6]] == ["Unperturbed"] * 6  # first when budget is short
-    assert result.budget_exhausted["low"] and result.dropped["low"] == 90 - 12
+    assert not result.budget_exhausted["low"] and result.dropped["low"] == 90 - 12
     assert sum(r.fidelity == "high" for r in result.requests) == 6  # Unperturbed always
 
 
