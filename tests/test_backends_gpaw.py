@@ -51,6 +51,16 @@ def test_multiplicity_fixes_the_magnetic_moment(si2):
     assert calc.inner.get_magnetic_moment() == pytest.approx(2.0, abs=1e-3)
 
 
+def test_one_calculator_follows_a_relaxation_that_breaks_the_start_symmetry():
+    """The host check and oracle relaxations reuse one calculator from a symmetric start."""
+    atoms = bulk("Si", "diamond", 5.43)
+    atoms.calc = get_backend("gpaw", FAST).calculator(0, 1)
+    atoms.get_potential_energy()
+    atoms.positions[0] += [0.05, 0.02, -0.03]
+    atoms.get_potential_energy()
+    assert np.abs(atoms.get_forces()).max() > 0.05  # the displaced atom is pulled back
+
+
 def test_lcao_mode(si2):
     label = get_backend("gpaw", {"mode": "lcao"}).calculate(si2, 0, 1)
     assert label.ok, label.reason

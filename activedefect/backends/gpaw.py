@@ -97,6 +97,9 @@ class GpawBackend(CalculatorBackend):
             "spinpol": multiplicity > 1,
             "occupations": occupations,
             "maxiter": settings["maxiter"],
+            # a defect relaxation breaks the start's symmetry: GPAW refuses a calculator whose
+            # symmetry the new positions break (SymmetryBrokenError), so it uses none
+            "symmetry": "off",
             "txt": None,
         }
         if settings["mode"] == "pw":
