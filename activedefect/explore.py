@@ -18,9 +18,11 @@ Where a trajectory stops (``RelaxResult.status``):
 
 - ``converged``: max per-atom |mean force| < ``fmax_eV_A`` (ASE's test);
 - ``max_steps``: ``max_steps`` FIRE steps taken without converging;
-- ``cut_untrusted``: the committee's max force spread exceeded ``trust_hi_eV_A``; the
-  frame there is kept and marked ``cut`` (a labelling candidate) and the model is not
-  followed further;
+- ``cut_untrusted``: the committee's max force spread exceeded ``trust_hi_eV_A`` and
+  ``trust_relative`` times the largest mean force (far from a minimum, where forces are
+  many eV/Å, members that differ by 1 eV/Å still agree on the way down; a distorted
+  ShakeNBreak seed starts at 8-25 eV/Å); the frame there is kept and marked ``cut`` (a
+  labelling candidate) and the model is not followed further;
 - ``exploded``: two atoms closer than ``min_distance_A`` (minimum image), a non-finite
   prediction, the energy more than ``max_energy_drop_eV_per_atom`` below the start, or
   one step dropping it by more than ``max_step_drop_eV_per_atom``. The offending geometry
@@ -84,7 +86,8 @@ class FireParams:
 class RelaxSettings:
     """How committee relaxations run and when they stop (units in the names).
 
-    ``trust_hi_eV_A=None`` never cuts; ``frame_interval`` keeps steps 0, n, 2n, ... and
+    ``trust_hi_eV_A=None`` never cuts; ``trust_relative=0`` cuts on the absolute spread
+    alone; ``frame_interval`` keeps steps 0, n, 2n, ... and
     always the last frame. ``max_batch=None`` evaluates all running structures in one
     ``predict`` call per step (one model call per member: best on a GPU); a number splits
     them into calls of at most that many structures (on one CPU thread, 2-4 structures of
@@ -95,6 +98,7 @@ class RelaxSettings:
     max_steps: int = 200
     frame_interval: int = 5
     trust_hi_eV_A: float | None = 0.3
+    trust_relative: float = 0.0
     min_distance_A: float = 0.7
     max_energy_drop_eV_per_atom: float = 1.0
     max_step_drop_eV_per_atom: float = 0.5
@@ -111,6 +115,14 @@ class RelaxSettings:
             raise ValueError(f"RelaxSettings.max_steps must be >= 0, got {self.max_steps}")
         if self.frame_interval < 1:
             raise ValueError(f"RelaxSettings.frame_interval must be >= 1, got {self.frame_interval}")
+        if self.trust_relative < 0:
+            raise ValueError(f"RelaxSettings.trust_relative must be >= 0, got {self.trust_relative}")
+
+    def trust_limit_eV_A(self, fmax_eV_A: float) -> float | None:
+        """The force spread above which a frame at max |mean force| ``fmax_eV_A`` is cut."""
+        if self.trust_hi_eV_A is None:
+            return None
+        return max(self.trust_hi_eV_A, self.trust_relative * fmax_eV_A)
 
 
 @dataclass
@@ -338,10 +350,11 @@ class _Trajectory:
         self.forces = forces
         if self.step % s.frame_interval == 0:
             self.frames.append(frame)
-        if s.trust_hi_eV_A is not None and frame.max_force_std_eV_A > s.trust_hi_eV_A:
+        limit = s.trust_limit_eV_A(fmax)
+        if limit is not None and frame.max_force_std_eV_A > limit:
             frame.cut = True
             self.status = CUT_UNTRUSTED
-            self.message = f"max force spread {frame.max_force_std_eV_A:.3f} eV/Å > trust_hi {s.trust_hi_eV_A}"
+            self.message = f"max force spread {frame.max_force_std_eV_A:.3f} eV/Å > {limit:.3f} (trust limit)"
         elif fmax < s.fmax_eV_A:
             self.status = CONVERGED
         elif self.step >= s.max_steps:

@@ -158,6 +158,10 @@ class ExplorationSpec(_Block):
     rattle_stdev_A: float = Field(default=0.05, gt=0)
     cross_charge: bool = True
     min_distance_A: float = Field(default=0.7, gt=0)
+    trust_relative: float = Field(
+        default=0.25, ge=0, description="cut a relaxation only where the force spread is also above this fraction "
+        "of the largest force (0: the uncertainty policy's trust_hi alone)"
+    )
     continue_unfinished: bool = Field(
         default=True, description="a seed relaxation cut or out of steps goes on from there next generation"
     )

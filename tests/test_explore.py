@@ -249,6 +249,23 @@ def test_trust_hi_cuts_the_trajectory_where_the_spread_passes_it():
     assert not cut.is_minimum
 
 
+def test_relative_trust_lets_large_forces_through_and_cuts_where_they_fall():
+    committee = ToyCommittee([morse(1.4), morse(1.5), morse(1.6)])
+    uncut = relax([dimer(3.2)], committee, RelaxSettings(frame_interval=1, trust_hi_eV_A=None, fmax_eV_A=1e-3))[0]
+    spread = np.array([f.max_force_std_eV_A for f in uncut.frames])
+    force = np.array([f.fmax_eV_A for f in uncut.frames])
+    trust_hi = 0.5 * spread.max()  # the absolute limit alone cuts early
+    ratio = 1.05 * (spread / force)[spread > trust_hi].min()  # spread >= ratio x force somewhere past trust_hi
+    over = (spread > trust_hi) & (spread > ratio * force)
+    assert over.any() and np.argmax(spread > trust_hi) < np.argmax(over)
+    settings = RelaxSettings(frame_interval=1, trust_hi_eV_A=trust_hi, trust_relative=ratio, fmax_eV_A=1e-3)
+    cut = relax([dimer(3.2)], committee, settings)[0]
+    assert cut.status == CUT_UNTRUSTED and cut.n_steps == uncut.frames[int(np.argmax(over))].step
+    assert settings.trust_limit_eV_A(0.0) == trust_hi and settings.trust_limit_eV_A(1e3) == ratio * 1e3
+    with pytest.raises(ValueError, match="trust_relative"):
+        RelaxSettings(trust_relative=-0.1)
+
+
 def test_explosion_when_atoms_collapse():
     committee = ToyCommittee([collapse(1.0), collapse(1.2)])
     settings = RelaxSettings(max_energy_drop_eV_per_atom=1e9, max_step_drop_eV_per_atom=1e9, trust_hi_eV_A=None)
