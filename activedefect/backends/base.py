@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -35,20 +35,6 @@ from activedefect.labels import OK, LabelResult, settings_hash
 
 class SettingsError(ValueError):
     """A backend setting is unknown or has an invalid value."""
-
-
-@dataclass
-class Outcome:
-    """What one attempt produced, before validation: a status from
-    :data:`activedefect.labels.FAILURE_CODES` or ``"ok"``, the numbers, and extra
-    metadata of the attempt (job folder, SCF steps, parsed code version)."""
-
-    status: str
-    energy_eV: float | None = None
-    forces_eV_A: np.ndarray | None = None
-    stress_eV_A3: np.ndarray | None = None
-    reason: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def failure_message(status: str, reason: str) -> str:
@@ -177,8 +163,11 @@ class Backend(ABC):
     @abstractmethod
     def _attempt(
         self, atoms: Atoms, charge: int, multiplicity: int, settings: dict[str, Any], timeout_s: float | None
-    ) -> Outcome:
-        """One calculation with ``settings``, within ``timeout_s`` when not None."""
+    ) -> LabelResult:
+        """One calculation with ``settings``, within ``timeout_s`` when not None: a status
+        from :data:`activedefect.labels.FAILURE_CODES` or ``"ok"``, the numbers, and extra
+        metadata of the attempt (job folder, SCF steps, parsed code version). Its
+        ``settings_hash`` is left empty; :meth:`calculate` sets it."""
 
     @abstractmethod
     def calculator(self, charge: int, multiplicity: int) -> Calculator:
@@ -195,12 +184,12 @@ class Backend(ABC):
         try:
             self.check_charge(atoms, charge, multiplicity)
         except ValueError as exc:
-            outcome = Outcome("bad_input", reason=str(exc))
+            attempt = LabelResult("bad_input", "", reason=str(exc))
         else:
             charge, multiplicity = int(charge), int(multiplicity)
             while True:
-                outcome = self._guarded_attempt(atoms, charge, multiplicity, settings, start)
-                if outcome.status != "scf_not_converged" or retries >= self.retries:
+                attempt = self._guarded_attempt(atoms, charge, multiplicity, settings, start)
+                if attempt.status != "scf_not_converged" or retries >= self.retries:
                     break
                 retry = self.retry_settings(settings)
                 if retry is None or retry == settings:
@@ -215,72 +204,66 @@ class Backend(ABC):
             "charge": charge,
             "multiplicity": multiplicity,
             "retries": retries,
-            **outcome.metadata,
+            **attempt.metadata,
             "wall_s": time.perf_counter() - start,
         }
-        if outcome.status != OK:
-            result = LabelResult.failure(outcome.status, self.settings_hash, outcome.reason)
-            result.metadata.update(metadata)  # not as **kwargs: metadata has a "settings_hash" key
-            return result
-        return LabelResult(
-            status=OK,
-            settings_hash=self.settings_hash,
-            energy_eV=float(outcome.energy_eV),
-            forces_eV_A=outcome.forces_eV_A,
-            stress_eV_A3=outcome.stress_eV_A3,
-            metadata=metadata,
-        )
+        if attempt.ok:
+            return replace(attempt, settings_hash=self.settings_hash, metadata=metadata)
+        result = LabelResult.failure(attempt.status, self.settings_hash, attempt.reason)
+        result.metadata.update(metadata)  # not as **kwargs: metadata has a "settings_hash" key
+        return result
 
     def _guarded_attempt(
         self, atoms: Atoms, charge: int, multiplicity: int, settings: dict[str, Any], start: float
-    ) -> Outcome:
+    ) -> LabelResult:
         remaining = None
         if self.timeout_s is not None:
             remaining = self.timeout_s - (time.perf_counter() - start)
             if remaining <= 0:
-                return Outcome("timeout", reason=f"no time left of timeout_s={self.timeout_s:g} for a retry")
+                return LabelResult("timeout", "", reason=f"no time left of timeout_s={self.timeout_s:g} for a retry")
         try:
-            outcome = self._attempt(atoms, charge, multiplicity, copy.deepcopy(settings), remaining)
+            attempt = self._attempt(atoms, charge, multiplicity, copy.deepcopy(settings), remaining)
         except Exception as exc:  # the contract: a failure is returned, never raised
-            return Outcome(
+            return LabelResult(
                 "crashed",
+                "",
                 reason=f"{type(exc).__name__}: {exc}",
                 metadata={"traceback": traceback.format_exc(limit=8)},
             )
-        if outcome.status == "timeout":
-            detail = f"; {outcome.reason}" if outcome.reason else ""
-            outcome.reason = f"no result within timeout_s={self.timeout_s:g} s{detail}"
-        return validate(outcome, len(atoms))
+        if attempt.status == "timeout":
+            detail = f"; {attempt.reason}" if attempt.reason else ""
+            attempt.reason = f"no result within timeout_s={self.timeout_s:g} s{detail}"
+        return validate(attempt, len(atoms))
 
 
-def validate(outcome: Outcome, n_atoms: int) -> Outcome:
-    """Turn a successful outcome with wrong-shaped or non-finite numbers into a failure,
+def validate(attempt: LabelResult, n_atoms: int) -> LabelResult:
+    """Turn a successful attempt with wrong-shaped or non-finite numbers into a failure,
     and normalise arrays (float64; stress in Voigt order)."""
-    if outcome.status != OK:
-        return outcome
-    if outcome.energy_eV is None or outcome.forces_eV_A is None:
-        return Outcome("crashed", reason="calculation returned no energy or no forces", metadata=outcome.metadata)
-    forces = np.asarray(outcome.forces_eV_A, dtype=np.float64)
+    if attempt.status != OK:
+        return attempt
+
+    def failed(status: str, reason: str) -> LabelResult:
+        return LabelResult(status, attempt.settings_hash, reason=reason, metadata=attempt.metadata)
+
+    if attempt.energy_eV is None or attempt.forces_eV_A is None:
+        return failed("crashed", "calculation returned no energy or no forces")
+    forces = np.asarray(attempt.forces_eV_A, dtype=np.float64)
     if forces.shape != (n_atoms, 3):
-        return Outcome(
-            "wrong_atom_count",
-            reason=f"forces have shape {forces.shape}, expected ({n_atoms}, 3)",
-            metadata=outcome.metadata,
-        )
-    stress = outcome.stress_eV_A3
+        return failed("wrong_atom_count", f"forces have shape {forces.shape}, expected ({n_atoms}, 3)")
+    stress = attempt.stress_eV_A3
     if stress is not None:
         stress = np.asarray(stress, dtype=np.float64)
         if stress.shape == (3, 3):
             stress = full_3x3_to_voigt_6_stress(stress)
-    energy = float(outcome.energy_eV)
+    energy = float(attempt.energy_eV)
     bad = [
         name
         for name, value in (("energy", energy), ("forces", forces), ("stress", stress))
         if value is not None and not np.all(np.isfinite(value))
     ]
     if bad:
-        return Outcome("non_finite", reason=f"non-finite {' and '.join(bad)}", metadata=outcome.metadata)
-    return Outcome(OK, energy, forces, stress, metadata=outcome.metadata)
+        return failed("non_finite", f"non-finite {' and '.join(bad)}")
+    return LabelResult(OK, attempt.settings_hash, energy, forces, stress, metadata=attempt.metadata)
 
 
 # --- in-process ASE calculators ---------------------------------------------------------
@@ -299,8 +282,8 @@ _preloaded = False
 
 
 def run_in_child(
-    fn: Callable[..., Outcome], args: tuple, timeout_s: float, start_method: str = CHILD_START_METHOD
-) -> Outcome:
+    fn: Callable[..., LabelResult], args: tuple, timeout_s: float, start_method: str = CHILD_START_METHOD
+) -> LabelResult:
     """Run ``fn(*args)`` in a child process; kill it after ``timeout_s`` seconds.
 
     A child that dies without an answer (segfault, out of memory) is ``crashed``.
@@ -329,8 +312,8 @@ def run_in_child(
                 return receiver.recv()
             except EOFError:
                 process.join(5)
-                return Outcome("crashed", reason=f"calculation process died (exit code {process.exitcode})")
-        return Outcome("timeout", reason="calculation process killed")
+                return LabelResult("crashed", "", reason=f"calculation process died (exit code {process.exitcode})")
+        return LabelResult("timeout", "", reason="calculation process killed")
     finally:
         receiver.close()
         if process.is_alive():
@@ -338,14 +321,14 @@ def run_in_child(
         process.join()
 
 
-def _child_main(sender, fn: Callable[..., Outcome], args: tuple) -> None:
+def _child_main(sender, fn: Callable[..., LabelResult], args: tuple) -> None:
     try:
-        outcome = fn(*args)
+        attempt = fn(*args)
     except BaseException as exc:
-        outcome = Outcome(
-            "crashed", reason=f"{type(exc).__name__}: {exc}", metadata={"traceback": traceback.format_exc(limit=8)}
+        attempt = LabelResult(
+            "crashed", "", reason=f"{type(exc).__name__}: {exc}", metadata={"traceback": traceback.format_exc(limit=8)}
         )
-    sender.send(outcome)
+    sender.send(attempt)
     sender.close()
 
 
@@ -378,7 +361,7 @@ class CalculatorBackend(Backend):
             return self._compute(atoms, charge, multiplicity, settings)
         return run_in_child(self._compute, (atoms, charge, multiplicity, settings), timeout_s, self.start_method)
 
-    def _compute(self, atoms: Atoms, charge: int, multiplicity: int, settings: dict[str, Any]) -> Outcome:
+    def _compute(self, atoms: Atoms, charge: int, multiplicity: int, settings: dict[str, Any]) -> LabelResult:
         work = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         try:
             self._prepare_atoms(work, charge, multiplicity)
@@ -394,9 +377,9 @@ class CalculatorBackend(Backend):
                     stress = None
         except Exception as exc:
             status, reason = self._classify(exc)
-            return Outcome(status, reason=reason)
+            return LabelResult(status, "", reason=reason)
         stress = None if stress is None else np.array(stress)
-        return Outcome(OK, energy, np.array(forces), stress, metadata={"energy_kind": kind})
+        return LabelResult(OK, "", energy, np.array(forces), stress, metadata={"energy_kind": kind})
 
     def calculator(self, charge: int, multiplicity: int) -> Calculator:
         return GuardedCalculator(self, charge, multiplicity)

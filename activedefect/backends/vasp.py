@@ -30,9 +30,9 @@ import yaml
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from activedefect.backends.base import Backend, LabelCalculator, Outcome, SettingsError
+from activedefect.backends.base import Backend, LabelCalculator, SettingsError
 from activedefect.geometry import content_hash
-from activedefect.labels import OK
+from activedefect.labels import OK, LabelResult
 
 FUNCTIONALS = ("PBE", "HSE06")
 HSE_KEYS = ("aexx", "hfscreen", "precfock")
@@ -324,13 +324,13 @@ class VaspBackend(Backend):
             if workdir is None:
                 shutil.rmtree(job, ignore_errors=True)
 
-    def _run_job(self, job: Path, atoms, charge, multiplicity, settings, timeout_s, keep: bool) -> Outcome:
+    def _run_job(self, job: Path, atoms, charge, multiplicity, settings, timeout_s, keep: bool) -> LabelResult:
         meta: dict[str, Any] = {"job_dir": str(job)} if keep else {}
         try:
             command = self.command(settings)
             written = self.write_inputs(atoms, charge, multiplicity, job, settings)
         except ValueError as exc:
-            return Outcome("bad_input", reason=str(exc), metadata=meta)
+            return LabelResult("bad_input", "", reason=str(exc), metadata=meta)
         meta["potcars"] = written["potcar_titels"]
         with open(job / "vasp.out", "wb") as log:
             # A session of its own, so a timeout kills mpirun and every rank with it.
@@ -343,17 +343,19 @@ class VaspBackend(Backend):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-                return Outcome("timeout", reason="VASP and its process group killed", metadata=meta)
+                return LabelResult("timeout", "", reason="VASP and its process group killed", metadata=meta)
         meta["returncode"] = returncode
         try:
             parsed = parse_vasprun(job / "vasprun.xml")
         except ValueError as exc:
             tail = (job / "vasp.out").read_text(errors="replace")[-400:]
-            return Outcome("crashed", reason=f"{exc} (exit code {returncode}); output ends: {tail}", metadata=meta)
+            reason = f"{exc} (exit code {returncode}); output ends: {tail}"
+            return LabelResult("crashed", "", reason=reason, metadata=meta)
         meta.update(version=parsed["version"], scf_steps=parsed["scf_steps"], energy_kind="free_energy")
         if parsed["nelm"] is not None and parsed["scf_steps"] >= parsed["nelm"]:
-            return Outcome(
+            return LabelResult(
                 "scf_not_converged",
+                "",
                 reason=f"electronic steps hit NELM = {parsed['nelm']}",
                 metadata=meta,
             )
@@ -362,4 +364,4 @@ class VaspBackend(Backend):
             back = np.empty_like(forces)
             back[written["order"]] = forces  # POSCAR order -> input order
             forces = back
-        return Outcome(OK, parsed["energy_eV"], forces, parsed["stress_eV_A3"], metadata=meta)
+        return LabelResult(OK, "", parsed["energy_eV"], forces, parsed["stress_eV_A3"], metadata=meta)
