@@ -421,6 +421,8 @@ def _check_uncertainty(p: Mapping[str, Any]) -> None:
         )
     if int(p["per_generation"]) < 0:
         raise ValueError(f"per_generation must be >= 0, got {p['per_generation']}")
+    if int(p["cut_relax_steps"]) < 0:
+        raise ValueError(f"cut_relax_steps must be >= 0, got {p['cut_relax_steps']}")
     if p["fidelity"] not in FIDELITIES:
         raise ValueError(f"fidelity must be one of {FIDELITIES}, got {p['fidelity']!r}")
 
@@ -435,11 +437,16 @@ def uncertainty(
     per_generation: int = 50,
     include_cut: bool = True,
     fidelity: str = "low",
+    cut_relax_steps: int = 0,
+    cut_relax_fmax_eV_A: float = 0.05,
 ) -> list[LabelRequest]:
     """DP-GEN-style: frames whose committee max force spread lies in [trust_lo,
     trust_hi] eV/Å (plus the frames where a relaxation was cut for passing trust_hi),
     not yet labelled; the largest spread first, then farthest-point sampling on the
-    mean-pooled descriptors (when given) so near-duplicates are not labelled twice."""
+    mean-pooled descriptors (when given) so near-duplicates are not labelled twice.
+    With ``cut_relax_steps`` > 0 a cut frame gets a short oracle relaxation instead of
+    one label: labels along the way the relaxation was heading, where the committee
+    disagrees most, so the next generation's committee can follow it further."""
     cand = ctx.candidates
     if cand.empty:
         return []
@@ -458,13 +465,16 @@ def uncertainty(
         points = np.asarray(ctx.descriptors, dtype=float)[by_spread]
         order = [int(by_spread[i]) for i in farthest_point_order(points, 0, n)]
     requests = []
+    cut = cand["cut"].to_numpy(dtype=bool) if "cut" in cand else np.zeros(len(cand), dtype=bool)
+    relax = {"relax_steps": int(cut_relax_steps), "relax_fmax_eV_A": cut_relax_fmax_eV_A} if cut_relax_steps else {}
     for i in order:
         s = spread[i]
-        if s > trust_hi:
-            why = f"cut: spread {s:.3f} eV/Å > trust_hi"
+        if cut[i] or s > trust_hi:
+            why = f"cut: spread {s:.3f} eV/Å" + (f"; {cut_relax_steps} oracle steps from it" if relax else "")
+            requests.append(ctx.request(int(i), fidelity, policy, why, **relax))
         else:
             why = f"spread {s:.3f} eV/Å in [{trust_lo}, {trust_hi}]"
-        requests.append(ctx.request(int(i), fidelity, policy, why))
+            requests.append(ctx.request(int(i), fidelity, policy, why))
     return requests
 
 

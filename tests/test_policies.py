@@ -83,6 +83,20 @@ def test_uncertainty_respects_budget_and_says_when_spent():
     assert empty.requests == [] and empty.budget_exhausted == {"low": True, "high": False}
 
 
+def test_uncertainty_relaxes_from_cut_frames_with_the_oracle_when_asked():
+    cand = spread_candidates([0.1, 0.9, 0.2], cut=[False, True, False])
+    plain = load_policy("committee-uncertainty").select(SelectionContext(budget_left={"low": 50}, candidates=cand))
+    assert all(r.relax_steps == 0 for r in plain.requests)
+    policy = load_policy({"kind": "uncertainty", "cut_relax_steps": 4, "cut_relax_fmax_eV_A": 0.1})
+    result = policy.select(SelectionContext(budget_left={"low": 50}, candidates=cand))
+    by_frame = {r.frame: r for r in result.requests}
+    assert (by_frame[1].relax_steps, by_frame[1].relax_fmax_eV_A) == (4, 0.1)
+    assert by_frame[0].relax_steps == by_frame[2].relax_steps == 0
+    assert result.calls("low") == 5 + 1 + 1
+    with pytest.raises(ValueError, match="cut_relax_steps"):
+        load_policy({"kind": "uncertainty", "cut_relax_steps": -1})
+
+
 def test_uncertainty_skips_labelled_frames_by_index_and_hash():
     spreads = [0.1, 0.2, 0.25]
     cand = spread_candidates(spreads, frames=[-1, 5, -1])
