@@ -366,7 +366,11 @@ class Campaign:
                 outcome = LabelResult.failure("crashed", hashes[fidelity], f"task failed: {error}")
             if request.get("relax_steps"):
                 start = self.store.get_frame(request["frame"])
-                self._store_relaxation(fidelity, start, outcome.new if isinstance(outcome, OracleRelaxation) else [])
+                if isinstance(outcome, OracleRelaxation):
+                    self._store_relaxation(fidelity, start, outcome.new)
+                    ok = [frame for frame, result in outcome.path if result.ok]
+                    if ok:  # where the oracle left off: a cut committee relaxation goes on from there
+                        self.state.setdefault("relaxation_ends", {})[_relax_key(request)] = self.store.find_frame(ok[-1])
                 self.state["relaxations"].append(_relax_key(request))
                 self.ws.write_state(self.state)
             else:

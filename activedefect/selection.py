@@ -17,7 +17,8 @@ from activedefect.basins import Basin, group_basins
 from activedefect.cluster import workers_offering
 from activedefect.defects import charged_name
 from activedefect.explore import UNFINISHED, RelaxResult, RelaxSettings, exploration_starts, relax, seed_name
-from activedefect.geometry import CHARGE_KEY, DEFECT_KEY
+from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY
+from activedefect.store import ORIGIN_KEY
 from activedefect.policies import SelectionContext, candidate_table, load_policy, mean_pooled, select
 from activedefect.spec import FIDELITIES, CampaignSpec
 from activedefect.workspace import atomic_write_json
@@ -94,7 +95,8 @@ def cached_or_explore(campaign: "Campaign", generation: int, model_paths: list[P
     trust_lo, trust_hi = trust_window(spec)
     starts = store.get_frames([s["frame"] for s in campaign.state["seeds"]])
     if spec.exploration.continue_unfinished and generation > 1:
-        starts = continued_starts(starts, _previous_results(campaign, generation))
+        previous = _previous_results(campaign, generation)
+        starts = continued_starts(starts, previous, _oracle_ends(campaign, previous))
     best = [store.get_frame(r["frame"]) for r in campaign.state["ground_states"].values()]
     if best:
         e = spec.exploration
@@ -141,14 +143,40 @@ def _previous_results(campaign: "Campaign", generation: int) -> list[RelaxResult
     return pickle.loads(path.read_bytes()).results if path.exists() else []
 
 
-def continued_starts(seeds: list[Atoms], previous: list[RelaxResult]) -> list[Atoms]:
+def _oracle_ends(campaign: "Campaign", previous: list[RelaxResult]) -> dict[tuple[str, int, str], Atoms]:
+    """Per lineage (defect, charge, seed), where an oracle relaxation from the frame its
+    committee relaxation stopped at left off."""
+    store = campaign.store
+    ends = {int(key.split(":")[1]): end for key, end in campaign.state.get("relaxation_ends", {}).items()}
+    found = {}
+    for r in previous:
+        start = store.find_frame(r.atoms) if r.status in UNFINISHED else None
+        if start in ends:
+            found[(r.defect, r.charge, r.seed)] = store.get_frame(ends[start])
+    return found
+
+
+def continued_starts(
+    seeds: list[Atoms], previous: list[RelaxResult], oracle_ends: dict[tuple[str, int, str], Atoms]
+) -> list[Atoms]:
     """Each seed, or where its last committee relaxation stopped unfinished (cut where the
-    committee disagreed, or out of steps), the structure it stopped at: labels taken there
-    teach the next committee that stretch, so the relaxation goes on rather than walking
-    the same path from the seed and being cut again. A distorted seed thus reaches its
-    basin over generations, however far it lies."""
-    stopped = {(r.defect, r.charge, r.seed): r for r in previous if r.status in UNFINISHED}
-    return [stopped[_lineage(seed)].atoms.copy() if _lineage(seed) in stopped else seed for seed in seeds]
+    committee disagreed, or out of steps): the structure it stopped at or, when an oracle
+    relaxation went on from there, where that one left off (``oracle_ends``, by lineage
+    defect, charge, seed). Labels taken there teach the next committee that stretch, so
+    the relaxation goes on rather than walking the same path from the seed and being cut
+    again: a distorted seed reaches its basin over generations, however far it lies."""
+    stopped = {(r.defect, r.charge, r.seed): r.atoms for r in previous if r.status in UNFINISHED}
+    starts = []
+    for seed in seeds:
+        lineage = _lineage(seed)
+        if lineage not in stopped:
+            starts.append(seed)
+            continue
+        end = oracle_ends.get(lineage, stopped[lineage])
+        start = Atoms(end.numbers, positions=end.positions, cell=end.cell, pbc=end.pbc)
+        start.info.update({k: seed.info[k] for k in (CHARGE_KEY, SPIN_KEY, DEFECT_KEY, ORIGIN_KEY) if k in seed.info})
+        starts.append(start)
+    return starts
 
 
 def _lineage(atoms: Atoms) -> tuple[str, int, str | None]:

@@ -45,7 +45,8 @@ SPEC = {
     },
     "committee": {"size": 2, "epochs": 15, "finetune_epochs": 5, "bootstrap": False, "model": {"num_channels": 16}},
     "exploration": {"max_steps": 150},  # committee relaxations reach fmax 0.01 eV/Å: a candidate per charge state
-    "policies": ["bootstrap", "committee-uncertainty", {"kind": "stratified", "ground_state_relax_steps": 3}],
+    "policies": ["bootstrap", {"kind": "uncertainty", "cut_relax_steps": 2},
+                 {"kind": "stratified", "ground_state_relax_steps": 3}],
     "budget": {"generations": 3},
     "convergence": {"confirm": {"fmax": 0.05, "steps": 10}},
     "cluster": {"workers": 2, "dashboard_address": ":0"},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import ase.io
+import numpy as np
 import pytest
 import yaml
 from campaign_support import (
@@ -211,6 +213,28 @@ def test_assessing_a_generation_again_changes_nothing(finished: Path, tmp_path: 
 
 
 # --------------------------------------------------------------------- small parts
+@pytest.mark.slow
+def test_unfinished_seed_relaxations_go_on_where_they_stopped(finished: Path):
+    """Generation 2 starts each seed whose generation-1 committee relaxation was cut (or
+    ran out of steps) where it stopped, or where the oracle relaxation from there ended."""
+    campaign = Campaign.open(finished)
+    explored = [pickle.loads((finished / "generations" / f"gen-{g:03d}" / "exploration.pkl").read_bytes()).results
+                for g in (1, 2)]
+    store = campaign.store
+    ends = {int(key.split(":")[1]): end for key, end in campaign.state["relaxation_ends"].items()}
+    seeds = {s["seed"] for s in campaign.state["seeds"]}
+    went_on = 0
+    for before, after in zip(explored[0], explored[1]):  # seeds come first, in the same order
+        if before.seed not in seeds or before.status not in ("cut_untrusted", "max_steps"):
+            continue
+        assert (after.seed, after.charge) == (before.seed, before.charge)
+        stop = store.find_frame(before.atoms)
+        expected = store.get_frame(ends[stop]) if stop in ends else before.atoms
+        np.testing.assert_allclose(after.frames[0].atoms.positions, expected.positions, atol=1e-5)
+        went_on += 1
+    assert went_on, "no seed relaxation of generation 1 stopped unfinished: nothing went on"
+
+
 def test_log_lines_cut_by_a_kill_cost_only_themselves(tmp_path: Path):
     """A kill mid-append leaves a line without its newline: the next event or metric
     record must still read back, and the cut one is skipped."""

@@ -24,15 +24,17 @@ def result(name: str, status: str, x: float, charge: int = 0) -> RelaxResult:
 
 
 def test_unfinished_relaxations_go_on_from_where_they_stopped():
-    seeds = [seed(name, 2.0) for name in ("cut", "steps", "converged", "exploded", "new")]
+    seeds = [seed(name, 2.0) for name in ("cut", "steps", "converged", "exploded", "new", "oracle")]
     seeds.append(seed("cut", 2.0, charge=-1))  # same seed name, other charge state: its own lineage
     previous = [result("cut", CUT_UNTRUSTED, 2.3), result("steps", MAX_STEPS, 2.4),
                 result("converged", CONVERGED, 2.5), result("exploded", EXPLODED, 0.4),
-                result("cut~rattle0", CUT_UNTRUSTED, 2.6)]
-    starts = continued_starts(seeds, previous)
-    assert [a.positions[1, 0] for a in starts] == [2.3, 2.4, 2.0, 2.0, 2.0, 2.0]
+                result("cut~rattle0", CUT_UNTRUSTED, 2.6), result("oracle", CUT_UNTRUSTED, 2.7)]
+    oracle_ends = {("v_X", 0, "oracle"): seed("whatever", 2.9), ("v_X", 0, "converged"): seed("whatever", 3.0)}
+    starts = continued_starts(seeds, previous, oracle_ends)
+    assert [a.positions[1, 0] for a in starts] == [2.3, 2.4, 2.0, 2.0, 2.0, 2.9, 2.0]
     assert starts[0] is not previous[0].atoms  # a copy: the cached exploration stays as it was
-    assert [a.info[CHARGE_KEY] for a in starts] == [0, 0, 0, 0, 0, -1]
+    assert [a.info[CHARGE_KEY] for a in starts] == [0, 0, 0, 0, 0, 0, -1]
+    assert [a.info[ORIGIN_KEY]["seed"] for a in starts] == [s.info[ORIGIN_KEY]["seed"] for s in seeds]
 
 
 def test_unfinished_counts_only_the_seeds_lineages():
