@@ -11,11 +11,19 @@ The job name is the frame's content hash (geometry, charge, multiplicity) and th
 backend's settings hash, so a resumed campaign finds a finished job and reads its result
 instead of computing it again. Inside the job the backend's own ``calculate`` runs, so a
 label and its failure codes are the same as on the Dask path.
+
+Two tasks may label one geometry at one level of theory at the same time (a single label
+and an oracle relaxation starting from that frame): one job name, one HDF5 file. A lock
+file per job name (``<root>/locks/<name>.lock``) lets one task create and run the job while
+the other waits and then reads the finished job back; without it, the second task's
+``job.save()`` met the first one's open HDF5 file (``BlockingIOError: unable to lock
+file``) or removed the first one's unfinished job under it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -23,6 +31,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -66,6 +75,18 @@ def open_project(root: str | Path):  # noqa: ANN201 - a pyiron Project
 def job_name(atoms: Atoms, charge: int, multiplicity: int, settings_hash: str) -> str:
     """``label_<content hash>_<settings hash>``: one job per geometry and level of theory."""
     return f"label_{content_hash(atoms, charge, multiplicity)[:20]}_{settings_hash}"
+
+
+@contextlib.contextmanager
+def job_lock(root: str | Path, name: str) -> Iterator[None]:
+    """Hold the lock of job ``name``: one process at a time checks, creates, runs or
+    removes it. The kernel drops a ``flock`` when its holder dies, so a killed worker
+    leaves no stale lock."""
+    locks = Path(root) / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def compute_label(request: str) -> dict[str, Any]:
@@ -126,9 +147,18 @@ def run_label_job(root: str | Path, backend: Backend, atoms: Atoms, charge: int,
     """The label of ``atoms`` from the finished pyiron job of that name, or from a new job
     run now in a subprocess. Never raises for a failed job: it is a ``crashed`` (or
     ``timeout``) LabelResult, as on the Dask path."""
+    name = job_name(atoms, charge, multiplicity, backend.settings_hash)
+    with job_lock(root, name):
+        return _label_locked(root, name, backend, atoms, charge, multiplicity)
+
+
+def _label_locked(root: str | Path, name: str, backend: Backend, atoms: Atoms, charge: int,
+                  multiplicity: int) -> LabelResult:
+    """:func:`run_label_job` while holding the job's lock: reuse a job only when it is
+    finished and its output reads back; anything else a killed run left is removed and
+    run again."""
     project = open_project(root)
     settings_hash, timeout_s = backend.settings_hash, backend.timeout_s
-    name = job_name(atoms, charge, multiplicity, settings_hash)
     job_id = project.get_job_id(name)
     if job_id is not None:
         finished = _finished_result(project, name)
@@ -173,7 +203,7 @@ def _finished_result(project, name: str) -> LabelResult | None:  # noqa: ANN001 
         if job is None or not job.status.finished:
             return None
         result = result_from_output(job.output["result"])
-    except (OSError, KeyError, ValueError):
+    except Exception:  # noqa: BLE001 - whatever a half-written file raises, the job is run again
         return None
     result.metadata.update(pyiron_job=job.job_name, pyiron_job_id=int(job.job_id))
     return result
