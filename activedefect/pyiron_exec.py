@@ -164,7 +164,7 @@ def _label_locked(root: str | Path, name: str, backend: Backend, atoms: Atoms, c
         finished = _finished_result(project, name)
         if finished is not None:
             return finished
-        _discard(project, name, job_id)  # left unfinished (or half-written) by a killed run
+    _discard(project, name, job_id)  # what a killed run left: an unfinished job, or files without a row
     request = json.dumps({
         "backend": backend.name, "settings": backend.settings, "timeout_s": timeout_s, "retries": backend.retries,
         "numbers": atoms.numbers.tolist(), "positions_A": atoms.positions.tolist(),
@@ -209,11 +209,14 @@ def _finished_result(project, name: str) -> LabelResult | None:  # noqa: ANN001 
     return result
 
 
-def _discard(project, name: str, job_id: int) -> None:  # noqa: ANN001 - a pyiron Project
-    """Remove a job pyiron may not be able to load: its database row and its files."""
-    try:
-        project.remove_job(job_id)
-    except (OSError, KeyError, ValueError):
-        project.db.delete_item(job_id)
+def _discard(project, name: str, job_id: int | None) -> None:  # noqa: ANN001 - a pyiron Project
+    """Remove a job pyiron may not be able to load: its database row and its files. The
+    files go even without a row: a worker killed inside ``job.save()`` leaves an HDF5 file
+    flagged open-for-write (before the row exists), which the next save cannot open."""
+    if job_id is not None:
+        try:
+            project.remove_job(job_id)
+        except (OSError, KeyError, ValueError):
+            project.db.delete_item(job_id)
     Path(project.path, f"{name}.h5").unlink(missing_ok=True)
     shutil.rmtree(Path(project.path, f"{name}_hdf5"), ignore_errors=True)

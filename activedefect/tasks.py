@@ -60,7 +60,7 @@ def label_frame(call: BackendCall, atoms: Atoms) -> LabelResult:
         return backend.calculate(atoms, int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY]))
     except Exception as error:  # noqa: BLE001 - a backend bug must not stop the campaign
         return LabelResult.failure("crashed", backend.settings_hash, f"{type(error).__name__}: {error}",
-                                   traceback=traceback.format_exc(limit=-8))
+                                   traceback=traceback.format_exc())
 
 
 @dataclass

@@ -8,7 +8,9 @@ from __future__ import annotations
 import fcntl
 import multiprocessing
 import subprocess
+import sys
 
+import h5py
 import numpy as np
 import pytest
 from ase.build import bulk
@@ -187,6 +189,24 @@ def test_two_processes_labelling_one_geometry_run_one_job(tmp_path, vacancy, xtb
     assert results[0][2:] == results[1][2:]  # one energy, one job id
     assert results[0][2] == pytest.approx(xtb.calculate(vacancy, 0, 3).energy_eV, abs=1e-8)
     assert _jobs(root) == {job_name(vacancy, 0, 3, xtb.settings_hash): "finished"}
+
+
+def test_job_file_left_open_for_write_without_its_row_is_replaced(tmp_path, vacancy, xtb):
+    """A worker killed inside ``job.save()`` leaves the job's HDF5 file flagged as open for
+    write and no database row: the next label of that geometry removes the file and runs
+    the job, instead of `crashed` (OSError: file is already open for write)."""
+    root = tmp_path / "pyiron"
+    labels = root / "labels"
+    labels.mkdir(parents=True)
+    h5 = labels / f"{job_name(vacancy, 0, 3, xtb.settings_hash)}.h5"
+    killed_writer = ("import h5py, os, sys; f = h5py.File(sys.argv[1], 'w', libver='latest'); "
+                     "f.create_group('job'); f.flush(); os._exit(0)")  # exits without closing the file
+    subprocess.run([sys.executable, "-c", killed_writer, str(h5)], check=True)
+    with pytest.raises(OSError, match="already open for write"):
+        h5py.File(h5, "a", libver="latest")
+    result = run_label_job(root, xtb, vacancy, 0, 3)
+    assert result.ok, result.reason
+    assert _jobs(root) == {result.metadata["pyiron_job"]: "finished"}
 
 
 def test_failures_are_the_backends_typed_failures(tmp_path, vacancy, xtb):
