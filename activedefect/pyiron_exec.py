@@ -17,7 +17,10 @@ and an oracle relaxation starting from that frame): one job name, one HDF5 file.
 file per job name (``<root>/locks/<name>.lock``) lets one task create and run the job while
 the other waits and then reads the finished job back; without it, the second task's
 ``job.save()`` met the first one's open HDF5 file (``BlockingIOError: unable to lock
-file``) or removed the first one's unfinished job under it.
+file``) or removed the first one's unfinished job under it. Under the lock, a job is
+reused only when finished and readable; everything else of that name (a row left
+``submitted``/``running``, a file cut short or left flagged open-for-write by a worker
+killed inside ``job.save()``, even without a row) is removed and the job run again.
 """
 
 from __future__ import annotations
