@@ -11,11 +11,22 @@ The job name is the frame's content hash (geometry, charge, multiplicity) and th
 backend's settings hash, so a resumed campaign finds a finished job and reads its result
 instead of computing it again. Inside the job the backend's own ``calculate`` runs, so a
 label and its failure codes are the same as on the Dask path.
+
+Two tasks may label one geometry at one level of theory at the same time (a single label
+and an oracle relaxation starting from that frame): one job name, one HDF5 file. A lock
+file per job name (``<root>/locks/<name>.lock``) lets one task create and run the job while
+the other waits and then reads the finished job back; without it, the second task's
+``job.save()`` met the first one's open HDF5 file (``BlockingIOError: unable to lock
+file``) or removed the first one's unfinished job under it. Under the lock, a job is
+reused only when finished and readable; everything else of that name (a row left
+``submitted``/``running``, a file cut short or left flagged open-for-write by a worker
+killed inside ``job.save()``, even without a row) is removed and the job run again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -23,6 +34,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -66,6 +78,18 @@ def open_project(root: str | Path):  # noqa: ANN201 - a pyiron Project
 def job_name(atoms: Atoms, charge: int, multiplicity: int, settings_hash: str) -> str:
     """``label_<content hash>_<settings hash>``: one job per geometry and level of theory."""
     return f"label_{content_hash(atoms, charge, multiplicity)[:20]}_{settings_hash}"
+
+
+@contextlib.contextmanager
+def job_lock(root: str | Path, name: str) -> Iterator[None]:
+    """Hold the lock of job ``name``: one process at a time checks, creates, runs or
+    removes it. The kernel drops a ``flock`` when its holder dies, so a killed worker
+    leaves no stale lock."""
+    locks = Path(root) / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def compute_label(request: str) -> dict[str, Any]:
@@ -126,15 +150,24 @@ def run_label_job(root: str | Path, backend: Backend, atoms: Atoms, charge: int,
     """The label of ``atoms`` from the finished pyiron job of that name, or from a new job
     run now in a subprocess. Never raises for a failed job: it is a ``crashed`` (or
     ``timeout``) LabelResult, as on the Dask path."""
+    name = job_name(atoms, charge, multiplicity, backend.settings_hash)
+    with job_lock(root, name):
+        return _label_locked(root, name, backend, atoms, charge, multiplicity)
+
+
+def _label_locked(root: str | Path, name: str, backend: Backend, atoms: Atoms, charge: int,
+                  multiplicity: int) -> LabelResult:
+    """:func:`run_label_job` while holding the job's lock: reuse a job only when it is
+    finished and its output reads back; anything else a killed run left is removed and
+    run again."""
     project = open_project(root)
     settings_hash, timeout_s = backend.settings_hash, backend.timeout_s
-    name = job_name(atoms, charge, multiplicity, settings_hash)
     job_id = project.get_job_id(name)
     if job_id is not None:
         finished = _finished_result(project, name)
         if finished is not None:
             return finished
-        _discard(project, name, job_id)  # left unfinished (or half-written) by a killed run
+    _discard(project, name, job_id)  # what a killed run left: an unfinished job, or files without a row
     request = json.dumps({
         "backend": backend.name, "settings": backend.settings, "timeout_s": timeout_s, "retries": backend.retries,
         "numbers": atoms.numbers.tolist(), "positions_A": atoms.positions.tolist(),
@@ -173,17 +206,20 @@ def _finished_result(project, name: str) -> LabelResult | None:  # noqa: ANN001 
         if job is None or not job.status.finished:
             return None
         result = result_from_output(job.output["result"])
-    except (OSError, KeyError, ValueError):
+    except Exception:  # noqa: BLE001 - whatever a half-written file raises, the job is run again
         return None
     result.metadata.update(pyiron_job=job.job_name, pyiron_job_id=int(job.job_id))
     return result
 
 
-def _discard(project, name: str, job_id: int) -> None:  # noqa: ANN001 - a pyiron Project
-    """Remove a job pyiron may not be able to load: its database row and its files."""
-    try:
-        project.remove_job(job_id)
-    except (OSError, KeyError, ValueError):
-        project.db.delete_item(job_id)
+def _discard(project, name: str, job_id: int | None) -> None:  # noqa: ANN001 - a pyiron Project
+    """Remove a job pyiron may not be able to load: its database row and its files. The
+    files go even without a row: a worker killed inside ``job.save()`` leaves an HDF5 file
+    flagged open-for-write (before the row exists), which the next save cannot open."""
+    if job_id is not None:
+        try:
+            project.remove_job(job_id)
+        except (OSError, KeyError, ValueError):
+            project.db.delete_item(job_id)
     Path(project.path, f"{name}.h5").unlink(missing_ok=True)
     shutil.rmtree(Path(project.path, f"{name}_hdf5"), ignore_errors=True)

@@ -4,6 +4,7 @@ with one thread, and returns plain data; the driver alone writes to the campaign
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,8 @@ def label_frame(call: BackendCall, atoms: Atoms) -> LabelResult:
     try:
         return backend.calculate(atoms, int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY]))
     except Exception as error:  # noqa: BLE001 - a backend bug must not stop the campaign
-        return LabelResult.failure("crashed", backend.settings_hash, f"{type(error).__name__}: {error}")
+        return LabelResult.failure("crashed", backend.settings_hash, f"{type(error).__name__}: {error}",
+                                   traceback=traceback.format_exc())
 
 
 @dataclass

@@ -5,8 +5,12 @@ the jobs."""
 
 from __future__ import annotations
 
+import fcntl
+import multiprocessing
 import subprocess
+import sys
 
+import h5py
 import numpy as np
 import pytest
 from ase.build import bulk
@@ -19,12 +23,16 @@ from activedefect.spec import ClusterSpec
 from activedefect.tasks import BackendCall, label_frame
 
 
-@pytest.fixture(scope="module")
-def vacancy():
-    """7-atom diamond vacancy cell; 28 valence electrons in xTB: triplet allowed, doublet not."""
+def _diamond_vacancy():
     atoms = bulk("C", "diamond", 3.567, cubic=True)
     del atoms[0]
     return atoms
+
+
+@pytest.fixture(scope="module")
+def vacancy():
+    """7-atom diamond vacancy cell; 28 valence electrons in xTB: triplet allowed, doublet not."""
+    return _diamond_vacancy()
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +96,28 @@ def test_unfinished_job_from_a_killed_run_is_run_again(tmp_path, vacancy, xtb):
     assert _jobs(root) == {name: "finished"}
 
 
+def test_job_left_running_by_a_killed_worker_is_run_again(tmp_path, vacancy, xtb, monkeypatch):
+    """A job whose row says `running` (its wrapper was killed) is not reused, even with a
+    readable HDF5 file: it is removed and run again, and the label is not `crashed`."""
+    root = tmp_path / "pyiron"
+    first = run_label_job(root, xtb, vacancy, 0, 3)
+    project = open_project(root)
+    project.db.item_update({"status": "running"}, first.metadata["pyiron_job_id"])
+    assert _jobs(root) == {first.metadata["pyiron_job"]: "running"}
+    real_run, wrapper_runs = subprocess.run, []
+
+    def counted_run(command, *args, **kwargs):
+        wrapper_runs.append(command)
+        return real_run(command, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", counted_run)
+    again = run_label_job(root, xtb, vacancy, 0, 3)
+    assert again.ok, again.reason
+    assert len(wrapper_runs) == 1
+    assert again.energy_eV == pytest.approx(first.energy_eV, abs=1e-10)
+    assert _jobs(root) == {first.metadata["pyiron_job"]: "finished"}
+
+
 def test_half_written_job_file_from_a_killed_run_is_run_again(tmp_path, vacancy, xtb):
     root = tmp_path / "pyiron"
     first = run_label_job(root, xtb, vacancy, 0, 3)
@@ -99,6 +129,84 @@ def test_half_written_job_file_from_a_killed_run_is_run_again(tmp_path, vacancy,
     assert again.energy_eV == pytest.approx(first.energy_eV, abs=1e-10)
     assert h5.stat().st_size > 48  # written again by a new run (SQLite may reuse the id)
     assert _jobs(root) == {name: "finished"}
+
+
+def _label_in_process(root, runs, out, paused=None, go=None) -> None:  # noqa: ANN001
+    """run_label_job in a process of its own, as a Dask worker runs it. Counts the pyiron
+    wrapper runs in ``runs``. With ``paused``: the job is saved, its lock held, and the
+    wrapper waits for ``go``. Without: ``go`` is set once this process waits for a lock
+    held by another process (or, if it never waits, once its label is done)."""
+    real_run, real_flock = subprocess.run, fcntl.flock
+
+    def counted_run(command, *args, **kwargs):
+        if "pyiron_base.cli" not in command:
+            return real_run(command, *args, **kwargs)
+        with runs.get_lock():
+            runs.value += 1
+        if paused is not None:
+            paused.set()
+            go.wait(300)
+        return real_run(command, *args, **kwargs)
+
+    def noted_flock(fd, operation):  # noqa: ANN001
+        if operation == fcntl.LOCK_EX:
+            try:
+                return real_flock(fd, operation | fcntl.LOCK_NB)
+            except BlockingIOError:
+                go.set()
+        return real_flock(fd, operation)
+
+    subprocess.run = counted_run
+    if paused is None:
+        fcntl.flock = noted_flock
+    xtb = get_backend("xtb", {"electronic_temperature": 1000.0})
+    try:
+        result = run_label_job(root, xtb, _diamond_vacancy(), 0, 3)
+        out.put((result.status, result.reason, result.energy_eV, result.metadata.get("pyiron_job_id")))
+    finally:
+        if go is not None:
+            go.set()
+
+
+def test_two_processes_labelling_one_geometry_run_one_job(tmp_path, vacancy, xtb):
+    """The second task for a geometry whose job another process is running waits and reads
+    that job back; before, it removed the running job or met its open HDF5 file
+    (BlockingIOError), a `crashed` label without its job."""
+    root = tmp_path / "pyiron"
+    spawn = multiprocessing.get_context("spawn")
+    runs, out = spawn.Value("i", 0), spawn.Queue()
+    paused, go = spawn.Event(), spawn.Event()
+    first = spawn.Process(target=_label_in_process, args=(root, runs, out, paused, go))
+    first.start()
+    assert paused.wait(300), "the first job never reached its run"
+    second = spawn.Process(target=_label_in_process, args=(root, runs, out, None, go))
+    second.start()
+    results = [out.get(timeout=300) for _ in range(2)]
+    first.join(60)
+    second.join(60)
+    assert [r[0] for r in results] == ["ok", "ok"], results
+    assert runs.value == 1, "the job ran twice"
+    assert results[0][2:] == results[1][2:]  # one energy, one job id
+    assert results[0][2] == pytest.approx(xtb.calculate(vacancy, 0, 3).energy_eV, abs=1e-8)
+    assert _jobs(root) == {job_name(vacancy, 0, 3, xtb.settings_hash): "finished"}
+
+
+def test_job_file_left_open_for_write_without_its_row_is_replaced(tmp_path, vacancy, xtb):
+    """A worker killed inside ``job.save()`` leaves the job's HDF5 file flagged as open for
+    write and no database row: the next label of that geometry removes the file and runs
+    the job, instead of `crashed` (OSError: file is already open for write)."""
+    root = tmp_path / "pyiron"
+    labels = root / "labels"
+    labels.mkdir(parents=True)
+    h5 = labels / f"{job_name(vacancy, 0, 3, xtb.settings_hash)}.h5"
+    killed_writer = ("import h5py, os, sys; f = h5py.File(sys.argv[1], 'w', libver='latest'); "
+                     "f.create_group('job'); f.flush(); os._exit(0)")  # exits without closing the file
+    subprocess.run([sys.executable, "-c", killed_writer, str(h5)], check=True)
+    with pytest.raises(OSError, match="already open for write"):
+        h5py.File(h5, "a", libver="latest")
+    result = run_label_job(root, xtb, vacancy, 0, 3)
+    assert result.ok, result.reason
+    assert _jobs(root) == {result.metadata["pyiron_job"]: "finished"}
 
 
 def test_failures_are_the_backends_typed_failures(tmp_path, vacancy, xtb):
@@ -131,8 +239,6 @@ def test_dask_workers_run_pyiron_jobs_side_by_side(tmp_path, vacancy, xtb):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="open bug (issue 9): in 2 of the last 4 full runs one label after the resume "
-                   "came back `crashed` with an OSError from pyiron's HDF5, a label without its job")
 def test_campaign_with_pyiron_labels_resumes_from_finished_jobs(tmp_path):
     """A campaign labelling through pyiron, SIGKILLed after its 2nd stored label and
     resumed: every label has its pyiron job, no job ran twice, and jobs finished before
