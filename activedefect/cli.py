@@ -28,6 +28,7 @@ console = Console()
 Workers = Annotated[Optional[int], typer.Option(help="LocalCluster workers (default: spec cluster.workers)")]
 Scheduler = Annotated[Optional[str], typer.Option(help="address of an existing Dask scheduler")]
 DashboardAddress = Annotated[Optional[str], typer.Option(help="dashboard address, e.g. :8787")]
+CreateOnly = Annotated[bool, typer.Option("--create-only", help="create the directory (e.g. to import data) and stop")]
 
 
 class RichReporter:
@@ -105,7 +106,7 @@ def start(
     scheduler: Scheduler = None,
     dashboard_address: DashboardAddress = None,
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, host-check, count seeds, estimate cost; no loop"),
-    create_only: bool = typer.Option(False, "--create-only", help="create the directory (e.g. to import data) and stop"),
+    create_only: CreateOnly = False,
 ) -> None:
     """Validate SPEC, create the campaign directory and run the loop to convergence."""
     from activedefect.campaign import Campaign
@@ -122,10 +123,7 @@ def start(
         campaign = Campaign.create(spec, dir)
     except (SpecError, FileExistsError, CampaignLockedError) as error:
         _fail(str(error))
-    if create_only:
-        console.print(f"created {campaign.ws.root}; run it with `activedefect campaign resume {campaign.ws.root}`")
-        return
-    _run(campaign, workers, scheduler, dashboard_address)
+    _run_unless_create_only(campaign, create_only, workers, scheduler, dashboard_address)
 
 
 @campaign_app.command("baseline")
@@ -135,9 +133,11 @@ def baseline(
     workers: Workers = None,
     scheduler: Scheduler = None,
     dashboard_address: DashboardAddress = None,
+    create_only: CreateOnly = False,
 ) -> None:
     """Relax every seed of SPEC with the `high` backend directly (the brute-force ShakeNBreak
-    search); resumable with `campaign resume DIR`."""
+    search); resumable with `campaign resume DIR`. With --create-only, import earlier
+    `high` labels first (`campaign import`): its relaxations replay them."""
     from activedefect.baseline import Baseline
     from activedefect.spec import load_spec
 
@@ -148,7 +148,14 @@ def baseline(
         run = Baseline.create(spec, dir or Path("runs") / f"{load_spec(spec).name}-baseline")
     except (SpecError, FileExistsError, CampaignLockedError) as error:
         _fail(str(error))
-    _run(run, workers, scheduler, dashboard_address)
+    _run_unless_create_only(run, create_only, workers, scheduler, dashboard_address)
+
+
+def _run_unless_create_only(campaign, create_only: bool, *cluster) -> None:  # noqa: ANN001 - a Campaign
+    if create_only:
+        console.print(f"created {campaign.ws.root}; run it with `activedefect campaign resume {campaign.ws.root}`")
+        return
+    _run(campaign, *cluster)
 
 
 @campaign_app.command("resume")

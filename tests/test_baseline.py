@@ -92,3 +92,26 @@ def test_compare_campaign_with_baseline(finished: Path, baseline: Path, tmp_path
 def test_compare_refuses_two_campaigns(finished: Path):
     with pytest.raises(ValueError, match="not a baseline"):
         compare(finished, finished)
+
+
+def test_a_later_baseline_replays_exported_labels_instead_of_recomputing(baseline: Path, tmp_path: Path):
+    """What keeps a long DFT baseline across sessions: its exported `high` labels, imported
+    into a new baseline created with --create-only, are replayed by its relaxations."""
+    exported = tmp_path / "exported"
+    assert run_cli(["campaign", "export", str(baseline), "--out", str(exported)], timeout=300).returncode == 0
+    spec = write_spec(tmp_path / "tiny.yaml", {**SPEC, "host_check": {"enabled": False}})
+    again = tmp_path / "again"
+    created = run_cli(["campaign", "baseline", str(spec), "--dir", str(again), "--create-only"], timeout=300)
+    assert created.returncode == 0 and not (again / "status.json").exists()
+    imported = run_cli(["campaign", "import", str(again), str(exported / "labels-high.extxyz"), "--fidelity", "high"],
+                       timeout=300)
+    assert imported.returncode == 0, imported.stdout[-2000:] + imported.stderr[-2000:]
+    resumed = run_cli(["campaign", "resume", str(again)], timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    first, second = status_json(baseline), status_json(again)
+    assert second["mode"] == "baseline" and second["stop_reason"] == first["stop_reason"]
+    n_labels = [len(Store.open(run / "data.zarr", mode="r").label_table("high")) for run in (baseline, again)]
+    assert n_labels[0] == n_labels[1], f"labels in the first and the replaying baseline: {n_labels}"
+    for a, b in zip(first["ground_states"], second["ground_states"]):
+        assert (a["charge"], a["seed"]) == (b["charge"], b["seed"])
+        assert b["high_energy_eV"] == pytest.approx(a["high_energy_eV"], abs=1e-6)
