@@ -18,9 +18,9 @@ from activedefect.cluster import workers_offering
 from activedefect.defects import charged_name
 from activedefect.explore import UNFINISHED, RelaxResult, RelaxSettings, exploration_starts, relax, seed_name
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY
-from activedefect.store import ORIGIN_KEY
 from activedefect.policies import SelectionContext, candidate_table, load_policy, mean_pooled, select
 from activedefect.spec import FIDELITIES, CampaignSpec
+from activedefect.store import ORIGIN_KEY
 from activedefect.workspace import atomic_write_json
 
 if TYPE_CHECKING:
@@ -67,7 +67,8 @@ def trust_window(spec: CampaignSpec) -> tuple[float, float | None]:
 def relax_settings(spec: CampaignSpec, trust_hi: float | None) -> RelaxSettings:
     e = spec.exploration
     return RelaxSettings(fmax_eV_A=e.fmax_eV_A, max_steps=e.max_steps, frame_interval=e.frame_interval,
-                         trust_hi_eV_A=trust_hi, trust_relative=e.trust_relative, min_distance_A=e.min_distance_A, head="high", max_batch=CPU_BATCH)
+                         trust_hi_eV_A=trust_hi, trust_relative=e.trust_relative, min_distance_A=e.min_distance_A,
+                         head="high", max_batch=CPU_BATCH)
 
 
 def explore_task(model_paths: list[Path], starts: list[Atoms], settings: RelaxSettings, generation: int,
