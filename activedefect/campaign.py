@@ -370,7 +370,8 @@ class Campaign:
                     self._store_relaxation(fidelity, start, outcome.new)
                     ok = [frame for frame, result in outcome.path if result.ok]
                     if ok:  # where the oracle left off: a cut committee relaxation goes on from there
-                        self.state.setdefault("relaxation_ends", {})[_relax_key(request)] = self.store.find_frame(ok[-1])
+                        ends = self.state.setdefault("relaxation_ends", {})
+                        ends[_relax_key(request)] = self.store.find_frame(ok[-1])
                 self.state["relaxations"].append(_relax_key(request))
                 self.ws.write_state(self.state)
             else:
