@@ -26,11 +26,13 @@ from activedefect.mace_model import load_model
 from activedefect.store import Store
 from activedefect.workspace import Workspace
 
-#: The kill-cycle campaign: KILL_SPEC (one charge state, two generations, no host
-#: check) with shorter training and relaxations, so ten restarts fit in CI.
+#: The kill-cycle campaign: KILL_SPEC (one charge state, no host check) with shorter
+#: training and relaxations, so ten restarts fit in CI, and a third generation, so the
+#: last of the kill targets (progress <= 33) still lands well before the stop.
 CYCLE_SPEC = {
     **KILL_SPEC,
     "name": "tiny-kill-cycles",
+    "budget": {"generations": 3},
     "committee": {**KILL_SPEC["committee"], "epochs": 8},
     "exploration": {"max_steps": 25},
     "convergence": {"confirm": {"fmax": 0.05, "steps": 5}},
