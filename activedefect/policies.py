@@ -441,8 +441,9 @@ def uncertainty(
     cut_relax_fmax_eV_A: float = 0.05,
 ) -> list[LabelRequest]:
     """DP-GEN-style: frames whose committee max force spread lies in [trust_lo,
-    trust_hi] eV/Å (plus the frames where a relaxation was cut for passing trust_hi),
-    not yet labelled; the largest spread first, then farthest-point sampling on the
+    trust_hi] eV/Å (plus the frames where a relaxation was cut for passing trust_hi, and
+    frames above trust_hi that a relaxation followed because their forces were large:
+    ``exploration.trust_relative``), not yet labelled; the largest spread first, then farthest-point sampling on the
     mean-pooled descriptors (when given) so near-duplicates are not labelled twice.
     With ``cut_relax_steps`` > 0 a cut frame gets a short oracle relaxation instead of
     one label: labels along the way the relaxation was heading, where the committee
@@ -451,9 +452,11 @@ def uncertainty(
     if cand.empty:
         return []
     spread = cand["max_force_std_eV_A"].to_numpy(dtype=float)
-    window = (spread >= trust_lo) & (spread <= trust_hi)
-    if include_cut and "cut" in cand:
-        window |= cand["cut"].to_numpy(dtype=bool)
+    cut = cand["cut"].to_numpy(dtype=bool) if "cut" in cand else np.zeros(len(cand), dtype=bool)
+    # uncut frames above trust_hi were followed (large forces), so they are as sound as any
+    window = (spread >= trust_lo) & ~cut
+    if include_cut:
+        window |= cut
     pool = np.flatnonzero(window & _not_labelled(ctx, fidelity))
     if not len(pool):
         return []
@@ -465,13 +468,14 @@ def uncertainty(
         points = np.asarray(ctx.descriptors, dtype=float)[by_spread]
         order = [int(by_spread[i]) for i in farthest_point_order(points, 0, n)]
     requests = []
-    cut = cand["cut"].to_numpy(dtype=bool) if "cut" in cand else np.zeros(len(cand), dtype=bool)
     relax = {"relax_steps": int(cut_relax_steps), "relax_fmax_eV_A": cut_relax_fmax_eV_A} if cut_relax_steps else {}
     for i in order:
         s = spread[i]
-        if cut[i] or s > trust_hi:
+        if cut[i]:
             why = f"cut: spread {s:.3f} eV/Å" + (f"; {cut_relax_steps} oracle steps from it" if relax else "")
             requests.append(ctx.request(int(i), fidelity, policy, why, **relax))
+        elif s > trust_hi:
+            requests.append(ctx.request(int(i), fidelity, policy, f"spread {s:.3f} eV/Å > trust_hi at large forces"))
         else:
             why = f"spread {s:.3f} eV/Å in [{trust_lo}, {trust_hi}]"
             requests.append(ctx.request(int(i), fidelity, policy, why))

@@ -59,16 +59,18 @@ def test_uncertainty_picks_largest_spreads_in_the_window():
     policy = load_policy("committee-uncertainty")
     assert (policy.params["trust_lo"], policy.params["trust_hi"]) == (0.05, 0.30)
     spreads = [0.01, 0.06, 0.29, 0.5, 0.12, 0.2, 0.04, 0.31, 0.08]
-    cut = [False] * 7 + [True, False]  # frame 7 is where a relaxation was cut
+    # frame 7 is where a relaxation was cut; frame 3 (0.5, uncut) one a relaxation followed
+    # above trust_hi because its forces were large (exploration.trust_relative)
+    cut = [False] * 7 + [True, False]
     ctx = SelectionContext(budget_left={"low": 100, "high": 10}, candidates=spread_candidates(spreads, cut))
     result = policy.select(ctx)
-    assert [r.frame for r in result.requests] == [7, 2, 5, 4, 8, 1]  # 0.5 is outside and not cut
+    assert [r.frame for r in result.requests] == [3, 7, 2, 5, 4, 8, 1]  # 0.01 and 0.04 below trust_lo
     assert all(r.fidelity == "low" and r.policy == "committee-uncertainty" for r in result.requests)
-    assert "cut" in result.requests[0].reason
+    assert "large forces" in result.requests[0].reason and result.requests[1].reason.startswith("cut")
     assert result.budget_exhausted == {"low": False, "high": False}
 
     few = load_policy({"kind": "uncertainty", "per_generation": 3, "include_cut": False})
-    assert [r.frame for r in few.select(ctx).requests] == [2, 5, 4]
+    assert [r.frame for r in few.select(ctx).requests] == [3, 2, 5]
 
 
 def test_uncertainty_respects_budget_and_says_when_spent():
@@ -95,6 +97,7 @@ def test_uncertainty_relaxes_from_cut_frames_with_the_oracle_when_asked():
     assert result.calls("low") == 5 + 1 + 1
     with pytest.raises(ValueError, match="cut_relax_steps"):
         load_policy({"kind": "uncertainty", "cut_relax_steps": -1})
+
 
 
 def test_uncertainty_skips_labelled_frames_by_index_and_hash():
