@@ -143,11 +143,6 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def _seeds(run: Campaign) -> dict[str, str | None]:
-    """The seed (distortion) each ground state was reached from."""
-    return {charged_name(r["defect"], r["charge"]): r.get("seed") for r in run.state["ground_states"].values()}
-
-
 def compare(campaign_dir: str | Path, baseline_dir: str | Path) -> Comparison:
     """Check-relax every campaign ground state and compare with the baseline's."""
     campaign, baseline = Campaign.open(campaign_dir), Campaign.open(baseline_dir)
@@ -161,11 +156,10 @@ def compare(campaign_dir: str | Path, baseline_dir: str | Path) -> Comparison:
     call = baseline.backend_call("high")
     ours, theirs = campaign.status(), baseline.status()
     reference = {(g["defect"], g["charge"]): g for g in theirs["ground_states"]}
-    seeds, baseline_seeds = _seeds(campaign), _seeds(baseline)
+    baseline_seeds = {(g["defect"], g["charge"]): g["seed"] for g in theirs["ground_states"]}
     states, check_calls, started = [], 0, time.perf_counter()
     for ground_state in ours["ground_states"]:
         defect, charge = ground_state["defect"], ground_state["charge"]
-        name = charged_name(defect, charge)
         base = reference.get((defect, charge), {})
         base_energy = base.get("high_energy_eV")
         checked = rmsd = max_disp = None
@@ -187,7 +181,7 @@ def compare(campaign_dir: str | Path, baseline_dir: str | Path) -> Comparison:
             defect=defect, charge=charge, campaign_predicted_energy_eV=ground_state["predicted_energy_eV"],
             campaign_checked_energy_eV=checked, baseline_energy_eV=base_energy, energy_above_baseline_eV=delta,
             rmsd_to_checked_A=rmsd, max_displacement_to_checked_A=max_disp, check_steps=steps,
-            campaign_seed=seeds.get(name), baseline_seed=baseline_seeds.get(name), found=found,
+            campaign_seed=ground_state["seed"], baseline_seed=baseline_seeds.get((defect, charge)), found=found,
         ))
     ours_cost, theirs_cost = RunCost.of(ours), RunCost.of(theirs)
     ratios = {

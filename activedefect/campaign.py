@@ -23,7 +23,7 @@ from activedefect.dashboard import METADATA_KEY, serve_from_driver
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, displacement
 from activedefect.labels import LabelResult
 from activedefect.reporting import LogReporter, Reporter
-from activedefect.spec import FIDELITIES, CampaignSpec, load_spec
+from activedefect.spec import FIDELITIES, CampaignSpec, ConfirmSpec, load_spec
 from activedefect.store import Store
 from activedefect.tasks import (
     BackendCall,
@@ -449,50 +449,85 @@ class Campaign:
 
     # --- the end: confirm and write the ground states -----------------------------------
     def _finish(self) -> None:
-        confirm = self.spec.convergence.confirm
-        if confirm is not None and self.state["ground_states"]:
-            self._confirm(confirm.fmax, confirm.steps)
+        if self.spec.convergence.confirm is not None and self.state["ground_states"]:
+            self._confirm(self.spec.convergence.confirm)
         self._write_ground_states()
         self._save("stopped")
         self.ws.log_event("stopped", reason=self.state["stop_reason"])
 
-    def _confirm(self, fmax: float, steps: int) -> None:
-        """A short high-fidelity relaxation of each ground state; its calls are stored
-        as `high` labels (so they count in the oracle totals and feed later training)."""
-        pending = {s: r for s, r in self.state["ground_states"].items() if s not in self.state["confirm"]}
-        if not pending:
+    def _confirm_starts(self, confirm: ConfirmSpec) -> dict[str, list[dict[str, Any]]]:
+        """Per unconfirmed charge state, where its `high` relaxations start: the committee's
+        ground state, then the lowest distinct `low` minima of other seed lineages
+        (:mod:`activedefect.screening`)."""
+        from activedefect import screening
+
+        minima = screening.lineage_minima(self.store, self.settings_hash("low")) if confirm.low_minima else {}
+        starts = {}
+        for state, record in self.state["ground_states"].items():
+            if state in self.state["confirm"]:
+                continue
+            committee = {"source": "committee", "start_frame": int(record["frame"]), "seed": record["seed"]}
+            others = screening.distinct_low_minima(
+                self.store, minima.get((record["defect"], int(record["charge"])), []), confirm.low_minima,
+                exclude_frames=[committee["start_frame"]],
+            )
+            starts[state] = [committee] + [
+                {"source": "low minimum", "start_frame": m.frame, "seed": m.seed, "low_energy_eV": m.low_energy_eV}
+                for m in others
+            ]
+        return starts
+
+    def _confirm(self, confirm: ConfirmSpec) -> None:
+        """Relax each ground-state candidate with `high` (:meth:`_confirm_starts`); the
+        lowest final energy is the confirmed ground state. Every call is stored as a
+        `high` label, so it counts in the oracle totals and feeds later training; a
+        resume replays the steps already labelled."""
+        starts = self._confirm_starts(confirm)
+        if not starts:
             return
         self._save("confirm")
-        self.reporter.start("confirm (high-fidelity relaxations)", len(pending))
+        self.reporter.start("confirm (high-fidelity relaxations)", sum(len(s) for s in starts.values()))
         call = self.backend_call("high")
         known = self._share(self._known_labels("high"))
         futures = {}
-        for state, record in pending.items():
-            atoms = self.store.get_frame(record["frame"])
-            atoms.info["origin"] = {"seed": "confirm", "generation": self.state["generation"], "trajectory": -1,
-                                    "step": 0}
-            futures[self._client.submit(relax_with_oracle, call, atoms, fmax, steps, known, resources={"label": 1},
-                                        pure=False, key=f"confirm-{state}")] = (state, atoms)
+        for state, candidates in starts.items():
+            for i, candidate in enumerate(candidates):
+                atoms = self.store.get_frame(candidate["start_frame"])
+                atoms.info["origin"] = {"seed": candidate["seed"], "generation": self.state["generation"],
+                                        "trajectory": -1, "step": 0}
+                futures[self._client.submit(
+                    relax_with_oracle, call, atoms, confirm.fmax, confirm.steps, known, resources={"label": 1},
+                    pure=False, key=f"confirm-{state}-{i}",
+                )] = (state, candidate, atoms)
+        done: dict[str, list[dict[str, Any]]] = {state: [] for state in starts}
         for future in as_completed(futures):
-            state, start = futures[future]
+            state, candidate, start = futures[future]
             relaxation = future.result()
             self._store_relaxation("high", start, relaxation.new)
-            ok = [(f, r) for f, r in relaxation.path if r.ok]
-            # steps labelled before (e.g. by a ground-state relaxation) are replayed, not recomputed
-            summary: dict[str, Any] = {"steps": len(relaxation.path), "new_calls": len(relaxation.new)}
-            if ok:
-                final, final_label = ok[-1]
-                shift = displacement(start, final)
-                summary.update(
-                    rmsd_A=shift.rmsd_A, max_displacement_A=shift.max_displacement_A,
-                    start_energy_eV=ok[0][1].energy_eV, final_energy_eV=final_label.energy_eV,
-                    final_max_force_eV_A=float(np.linalg.norm(final_label.forces_eV_A, axis=1).max()),
-                    frame=self.store.find_frame(final),
-                )
-            self.state["confirm"][state] = summary
-            self.ws.log_event("confirmed", state=state, **summary)
-            self._save("confirm")
+            done[state].append({**candidate, **self._relaxation_summary(start, relaxation)})
             self.reporter.advance()
+            if len(done[state]) < len(starts[state]):
+                continue
+            relaxed = [c for c in done[state] if "final_energy_eV" in c]
+            best = min(relaxed, key=lambda c: c["final_energy_eV"]) if relaxed else done[state][0]
+            self.state["confirm"][state] = {**best, "candidates": sorted(done[state], key=lambda c: c["start_frame"])}
+            self.ws.log_event("confirmed", state=state, **best)
+            self._save("confirm")
+
+    def _relaxation_summary(self, start: Atoms, relaxation: OracleRelaxation) -> dict[str, Any]:
+        """Where a confirm relaxation went; steps labelled before are replayed, not recomputed."""
+        summary: dict[str, Any] = {"steps": len(relaxation.path), "new_calls": len(relaxation.new)}
+        ok = [(f, r) for f, r in relaxation.path if r.ok]
+        if ok:
+            final, final_label = ok[-1]
+            shift = displacement(start, final)
+            summary.update(
+                rmsd_A=shift.rmsd_A, max_displacement_A=shift.max_displacement_A,
+                start_energy_eV=ok[0][1].energy_eV, final_energy_eV=final_label.energy_eV,
+                final_max_force_eV_A=float(np.linalg.norm(final_label.forces_eV_A, axis=1).max()),
+                frame=self.store.find_frame(final),
+            )
+        return summary
 
     def _known_labels(self, fidelity: str) -> dict[str, LabelResult]:
         """Every ok label of ``fidelity`` under its current settings, by frame hash, so a
@@ -513,10 +548,15 @@ class Campaign:
 
         self.ws.ground_states_dir.mkdir(exist_ok=True)
         for state, record in self.state["ground_states"].items():
-            atoms = self.store.get_frame(record["frame"])
+            confirmed = self.state.get("confirm", {}).get(state, {})
+            atoms = self.store.get_frame(ground_state_frame(record, confirmed))
             atoms.info = {CHARGE_KEY: record["charge"], "total_spin": atoms.info["total_spin"],
-                          DEFECT_KEY: record["defect"], "predicted_energy_eV": record["predicted_energy_eV"],
-                          "seed": record["seed"], "generation": record["generation"]}
+                          DEFECT_KEY: record["defect"], "seed": confirmed.get("seed", record["seed"]),
+                          "generation": record["generation"]}
+            if "frame" in confirmed:
+                atoms.info.update(high_energy_eV=confirmed["final_energy_eV"], confirmed_from=confirmed["source"])
+            else:
+                atoms.info["predicted_energy_eV"] = record["predicted_energy_eV"]
             write(self.ws.ground_states_dir / f"{state}.extxyz", atoms, format="extxyz")
             write(self.ws.ground_states_dir / f"{state}.vasp", atoms, format="vasp", direct=True, sort=False)
 
@@ -627,8 +667,10 @@ class Campaign:
 
         ground_states = []
         recorded = state.get("ground_states", {})
+        confirmed = state.get("confirm", {})
+        frames = {name: ground_state_frame(r, confirmed.get(name, {})) for name, r in recorded.items()}
         store = self._read_store()
-        high_energies = self._high_energies(store, [r["frame"] for r in recorded.values()])
+        high_energies = self._high_energies(store, list(frames.values()))
         for defect, charge in sorted({(s["defect"], s["charge"]) for s in state.get("seeds", [])}):
             name = charged_name(defect, charge)
             record = recorded.get(name)
@@ -637,8 +679,9 @@ class Campaign:
                 "defect": defect,
                 "charge": charge,
                 "converged": bool(record and record["converged"]),
+                "seed": confirmed.get(name, {}).get("seed", record["seed"]) if record else None,
                 "predicted_energy_eV": record["predicted_energy_eV"] if record else None,
-                "high_energy_eV": high_energies.get(record["frame"]) if record else None,
+                "high_energy_eV": high_energies.get(frames[name]) if record else None,
                 "max_force_spread_eV_A": record["max_force_spread_eV_A"] if record else None,
                 "structure": str(path.relative_to(self.ws.root)) if path.exists() else None,
             })
@@ -677,6 +720,12 @@ class Campaign:
             for row in self.state.get("history", [])
         ]
         return status
+
+
+def ground_state_frame(record: dict[str, Any], confirmed: dict[str, Any]) -> int:
+    """The frame a charge state's ground state is: the lowest confirm relaxation's end,
+    else the committee's candidate."""
+    return int(confirmed.get("frame", record["frame"]))
 
 
 def _relax_key(request: dict[str, Any]) -> str:

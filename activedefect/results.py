@@ -24,6 +24,7 @@ from ase import Atoms
 from ase.geometry import get_distances
 
 from activedefect import levels
+from activedefect.campaign import ground_state_frame
 from activedefect.defects import charged_name
 
 if TYPE_CHECKING:
@@ -238,21 +239,24 @@ class CampaignResults:
         label, the confirm relaxation), how it was found, its local bonding, and the
         energy the transition levels use (``level_energy_eV`` from ``level_energy_source``:
         the lowest `high` energy of the confirm relaxation and the label, else the
-        prediction)."""
+        prediction). ``frame`` is the confirmed minimum when the confirm step ran
+        (:func:`~activedefect.campaign.ground_state_frame`), ``seed`` the lineage it came from."""
         minima = self.minima()
         confirm = self.state.get("confirm", {})
         rows = []
         for name, record in sorted(self.state.get("ground_states", {}).items()):
             defect, charge = record["defect"], int(record["charge"])
-            match = minima[(minima["state"] == name) & (minima["frame"] == record["frame"])] if len(minima) else minima
-            extra = match.iloc[0].to_dict() if len(match) else {}
-            high = self.high_label(record["frame"])
+            frame = ground_state_frame(record, confirm.get(name, {}))
+            seed = confirm.get(name, {}).get("seed", record["seed"])
+            match = minima[(minima["state"] == name) & (minima["frame"] == frame)] if len(minima) else minima
+            extra = match.iloc[0].to_dict() if len(match) else self._bonding(defect, charge, frame)
+            high = self.high_label(frame)
             confirmed = confirm.get(name, {}).get("final_energy_eV")
             highs = [e for e in (high, confirmed) if e is not None]
             structure = self.ws.ground_states_dir / f"{name}.extxyz"
             rows.append({
                 "state": name, "defect": defect, "charge": charge, "generation": record["generation"],
-                "frame": int(record["frame"]), "converged": bool(record["converged"]),
+                "frame": frame, "seed": seed, "converged": bool(record["converged"]),
                 "predicted_energy_eV": float(record["predicted_energy_eV"]),
                 "energy_std_eV": extra.get("energy_std_eV", np.nan),
                 "max_force_spread_eV_A": float(record["max_force_spread_eV_A"]),
@@ -260,8 +264,8 @@ class CampaignResults:
                 "confirmed_energy_eV": np.nan if confirmed is None else float(confirmed),
                 "level_energy_eV": min(highs) if highs else float(record["predicted_energy_eV"]),
                 "level_energy_source": "high" if highs else "predicted",
-                "distortion": extra.get("distortion", root_distortion(record["seed"])),
-                "distortions": extra.get("distortions", [root_distortion(record["seed"])]),
+                "distortion": extra.get("distortion", root_distortion(seed)),
+                "distortions": extra.get("distortions", [root_distortion(seed)]),
                 "neighbour_elements": extra.get("neighbour_elements", []),
                 "neighbour_distances_A": extra.get("neighbour_distances_A", []),
                 "neighbour_pair_distances_A": extra.get("neighbour_pair_distances_A", []),
@@ -271,6 +275,14 @@ class CampaignResults:
                 "not_converged_because": "; ".join(record.get("reasons", [])),
             })
         return pd.DataFrame(rows)
+
+    def _bonding(self, defect: str, charge: int, frame: int) -> dict[str, Any]:
+        """Local bonding of a ground state that is not one of the committee's minima."""
+        atoms = self.store.get_frame(frame)
+        site = self.defect_site(defect, charge)
+        bonding = local_bonding(atoms, site.position_A(atoms), site.neighbours)
+        return {"neighbour_elements": bonding.elements, "neighbour_distances_A": bonding.distances_A,
+                "neighbour_pair_distances_A": bonding.pair_distances_A}
 
     # --- transition levels --------------------------------------------------------------
     @cached_property

@@ -177,6 +177,11 @@ class BudgetSpec(_Block):
 class ConfirmSpec(_Block):
     fmax: float = Field(default=0.02, gt=0, description="eV/Å")
     steps: int = Field(default=200, gt=0)
+    low_minima: int = Field(
+        default=2, ge=0,
+        description="also relax the lowest N distinct `low` minima of other seed lineages per charge state; "
+        "the lowest confirmed minimum is the ground state",
+    )
 
 
 class ConvergenceSpec(_Block):

@@ -144,6 +144,8 @@ def test_oracle_totals_are_the_store_labels(finished: Path):
 
 @pytest.mark.slow
 def test_ground_states_read_back(finished: Path):
+    """The written ground state is the lowest end of the confirm relaxations, which
+    started from the committee's candidate and from distinct `low` minima."""
     status = status_json(finished)
     state = Workspace(finished).read_state()
     store = Store.open(finished / "data.zarr", mode="r")
@@ -155,15 +157,20 @@ def test_ground_states_read_back(finished: Path):
         assert atoms.info[CHARGE_KEY] == gs["charge"]
         assert len(atoms) == 15
         assert isinstance(gs["converged"], bool) and isinstance(gs["predicted_energy_eV"], float)
-        record = state["ground_states"][f"{gs['defect']}_{gs['charge']}"]
-        assert store.get_frame(record["frame"]).get_positions() == pytest.approx(atoms.get_positions(), abs=1e-5)
-        row = store.label_row("high", record["frame"], high_hash)
-        if row is None:
-            assert gs["high_energy_eV"] is None
-        else:
-            assert gs["high_energy_eV"] == pytest.approx(high.loc[row, "energy_eV"])
-            confirm = status["confirm"][f"{gs['defect']}_{gs['charge']}"]
-            assert confirm["start_energy_eV"] == pytest.approx(gs["high_energy_eV"]), "confirm did not start there"
+        name = f"{gs['defect']}_{gs['charge']}"
+        record, confirm = state["ground_states"][name], state["confirm"][name]
+        candidates = confirm["candidates"]
+        assert [c["source"] for c in candidates].count("committee") == 1
+        assert next(c for c in candidates if c["source"] == "committee")["start_frame"] == record["frame"]
+        starts = [store.get_frame(c["start_frame"]) for c in candidates]
+        assert len({c["start_frame"] for c in candidates}) == len(candidates), "a start relaxed twice"
+        assert all(a.info[CHARGE_KEY] == gs["charge"] for a in starts)
+        assert confirm["final_energy_eV"] == min(c["final_energy_eV"] for c in candidates)
+        assert store.get_frame(confirm["frame"]).get_positions() == pytest.approx(atoms.get_positions(), abs=1e-5)
+        assert gs["seed"] == confirm["seed"] == atoms.info["seed"]
+        row = store.label_row("high", confirm["frame"], high_hash)
+        assert gs["high_energy_eV"] == pytest.approx(high.loc[row, "energy_eV"]) == confirm["final_energy_eV"]
+        assert atoms.info["high_energy_eV"] == pytest.approx(confirm["final_energy_eV"])
 
 
 @pytest.mark.slow

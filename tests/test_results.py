@@ -54,8 +54,9 @@ def test_ground_states_table(campaign: Campaign, finished: Path):
     state = Workspace(finished).read_state()
     assert sorted(gs["state"]) == sorted(state["ground_states"])
     for _, row in gs.iterrows():
-        record = state["ground_states"][row["state"]]
-        assert row["frame"] == record["frame"] and row["predicted_energy_eV"] == record["predicted_energy_eV"]
+        record, confirm = state["ground_states"][row["state"]], state["confirm"][row["state"]]
+        assert row["frame"] == confirm["frame"] and row["seed"] == confirm["seed"]
+        assert row["predicted_energy_eV"] == record["predicted_energy_eV"]
         atoms = ase.io.read(row["extxyz"])
         structure = Structure.from_file(row["poscar"])
         assert atoms.info["total_charge"] == row["charge"]

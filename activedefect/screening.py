@@ -1,0 +1,67 @@
+"""Which structures the confirm step relaxes with `high`, besides the committee's ground state.
+
+Dense `low` labels already hold a ShakeNBreak-style screening at the cheap level: every
+seed lineage (a seed, the committee relaxations and oracle relaxations that continued
+it) has a lowest `low` frame. The committee can miss a basin the `low` relaxations
+found (measured on the SiC benchmark, docs/benchmarks.md), so the lowest few distinct
+lineage minima are relaxed with `high` too, and the lowest confirmed minimum wins.
+
+Two frames are one structure when ``geometry.displacement`` between them is within the
+basin tolerances of :func:`activedefect.basins.group_basins` (Å).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from activedefect.geometry import displacement
+from activedefect.store import Store
+
+SAME_RMSD_A = 0.05
+SAME_MAX_DISPLACEMENT_A = 0.25
+
+
+@dataclass(frozen=True)
+class LowMinimum:
+    """The lowest `low` frame of one seed lineage of one defect × charge state."""
+
+    frame: int
+    seed: str
+    low_energy_eV: float
+
+
+def lineage_minima(store: Store, low_settings_hash: str) -> dict[tuple[str, int], list[LowMinimum]]:
+    """Per ``(defect, charge)``, each seed lineage's lowest ok `low` label, lowest first."""
+    labels = store.label_table("low")
+    labels = labels[(labels["status"] == "ok") & (labels["settings_hash"] == low_settings_hash)]
+    if not len(labels):
+        return {}
+    frames = store.frame_table()[["frame", "defect", "charge", "seed"]]
+    rows = labels[["frame", "energy_eV"]].merge(frames, on="frame")
+    lowest = rows.loc[rows.groupby(["defect", "charge", "seed"])["energy_eV"].idxmin()]
+    out: dict[tuple[str, int], list[LowMinimum]] = {}
+    for (defect, charge), group in lowest.sort_values("energy_eV").groupby(["defect", "charge"], sort=False):
+        out[(str(defect), int(charge))] = [
+            LowMinimum(int(r.frame), str(r.seed), float(r.energy_eV)) for r in group.itertuples() if pd.notna(r.seed) and r.seed
+        ]
+    return out
+
+
+def distinct_low_minima(
+    store: Store, minima: list[LowMinimum], n: int, exclude_frames: list[int] = ()
+) -> list[LowMinimum]:
+    """The ``n`` lowest of ``minima`` that differ from each other and from ``exclude_frames``
+    (the committee's candidate: it is relaxed anyway)."""
+    picked: list[LowMinimum] = []
+    taken = [store.get_frame(f) for f in exclude_frames]
+    for minimum in minima:
+        if len(picked) >= n:
+            break
+        atoms = store.get_frame(minimum.frame)
+        if any(displacement(other, atoms).within(SAME_RMSD_A, SAME_MAX_DISPLACEMENT_A) for other in taken):
+            continue
+        picked.append(minimum)
+        taken.append(atoms)
+    return picked
