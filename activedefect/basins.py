@@ -76,7 +76,9 @@ def _same(a: Atoms, b: Atoms, rmsd_A: float, max_displacement_A: float | None) -
     return displacement(a, b).within(rmsd_A, max_displacement_A)
 
 
-def _equivalent(a: Atoms, b: Atoms, rmsd_A: float, max_displacement_A: float | None) -> bool:
+def equivalent(a: Atoms, b: Atoms, rmsd_A: float, max_displacement_A: float | None) -> bool:
+    """The same structure up to atom order and lattice symmetry (pymatgen's StructureMatcher,
+    distances converted to Å)."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -122,7 +124,7 @@ def group_basins(
                     b
                     for b in basins
                     if r.energy_eV - b.energy_eV <= equivalent_energy_eV
-                    and _equivalent(b.atoms, r.atoms, rmsd_A, max_displacement_A)
+                    and equivalent(b.atoms, r.atoms, rmsd_A, max_displacement_A)
                 ),
                 None,
             )

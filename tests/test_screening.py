@@ -46,3 +46,20 @@ def test_lowest_frame_of_each_lineage_lowest_first_and_distinct(tmp_path):
         # the committee's candidate sits on A's minimum: A and C are skipped
         assert [m.seed for m in distinct_low_minima(store, minima[("v_X", 0)], 2, exclude_frames=[frames[1]])] == ["B"]
         assert distinct_low_minima(store, minima[("v_X", 0)], 0) == []
+
+
+def test_a_permuted_copy_of_equal_low_energy_is_one_structure(tmp_path):
+    """The same distortion around another neighbour: atoms in another order, same energy."""
+    with Store.open(tmp_path / "s.zarr", mode="a") as store:
+        b = frame(1.5, "B")
+        swapped = Atoms("Si2", positions=b.positions[::-1], cell=b.cell, pbc=True, info=dict(b.info))
+        swapped.info["origin"] = {**b.info["origin"], "seed": "E"}
+        far = Atoms("Si2", positions=b.positions[::-1] + [[0.002, 0, 0], [0, 0, 0]], cell=b.cell, pbc=True,
+                    info=dict(b.info))
+        far.info["origin"] = {**b.info["origin"], "seed": "F", "step": 1}
+        frames = store.add_frames([b, swapped, far])
+        store.add_labels("low", [(frames[0], ok(-2.000)), (frames[1], ok(-1.999)), (frames[2], ok(-1.900))])
+        minima = lineage_minima(store, SH)[("v_X", 0)]
+        assert [m.seed for m in minima] == ["B", "E", "F"]
+        # E is B within 1 meV; F is nearly the same geometry 100 meV apart: kept
+        assert [m.seed for m in distinct_low_minima(store, minima, 3)] == ["B", "F"]
