@@ -57,6 +57,7 @@ class Campaign:
         self._store: Store | None = None
         self._client: Client | None = None
         self._run_started = time.monotonic()
+        self._wall_before = float(self.state.get("wall_s", 0.0))
         self.reporter: Reporter = LogReporter()
 
     # --- construction -----------------------------------------------------------------
@@ -147,7 +148,7 @@ class Campaign:
         self.reporter = reporter or LogReporter()
         self.ws.acquire_lock()
         started = self._run_started = time.monotonic()
-        wall_before = float(self.state.get("wall_s", 0.0))
+        wall_before = self._wall_before = float(self.state.get("wall_s", 0.0))
         stop_page = None
         try:
             if self.state.get("phase") == "stopped" and self.state.get("stop_reason") not in (None, "error", "walltime"):
@@ -205,7 +206,9 @@ class Campaign:
         return self._client.submit(shared_data, data, pure=False)
 
     def _save(self, phase: str) -> None:
+        """Record the phase (and the wall time so far: a killed driver keeps it)."""
         self.state["phase"] = phase
+        self.state["wall_s"] = self._wall_before + time.monotonic() - self._run_started
         self.ws.write_state(self.state)
         self._publish()
 
@@ -400,6 +403,7 @@ class Campaign:
         labels = self.store.label_table("high")
         trust_lo, _ = selection.trust_window(self.spec)
         unfinished = exploration.unfinished({s["seed"] for s in self.state["seeds"]})
+        self.state["confirm"] = {}  # a confirm step before a resume confirmed older candidates
         for key, candidate in exploration.ground_state_candidates().items():
             defect, charge = key
             state = charged_name(defect, charge)
@@ -457,24 +461,31 @@ class Campaign:
 
     def _confirm_starts(self, confirm: ConfirmSpec) -> dict[str, list[dict[str, Any]]]:
         """Per unconfirmed charge state, where its `high` relaxations start: the committee's
-        ground state, then the lowest distinct `low` minima of other seed lineages
-        (:mod:`activedefect.screening`)."""
+        ground state where it has one, then the lowest distinct `low` minima
+        (:mod:`activedefect.screening`) — a state whose committee relaxations all stopped
+        short is confirmed from its `low` minima alone."""
         from activedefect import screening
+        from activedefect.defects import charged_name
 
         minima = screening.lineage_minima(self.store, self.settings_hash("low")) if confirm.low_minima else {}
         starts = {}
-        for state, record in self.state["ground_states"].items():
+        for defect, charge in sorted({(s["defect"], s["charge"]) for s in self.state["seeds"]}):
+            state = charged_name(defect, charge)
             if state in self.state["confirm"]:
                 continue
-            committee = {"source": "committee", "start_frame": int(record["frame"]), "seed": record["seed"]}
+            record = self.state["ground_states"].get(state)
+            committee = [{"source": "committee", "start_frame": int(record["frame"]), "seed": record["seed"]}
+                         ] if record else []
             others = screening.distinct_low_minima(
-                self.store, minima.get((record["defect"], int(record["charge"])), []), confirm.low_minima,
-                exclude_frames=[committee["start_frame"]],
+                self.store, minima.get((defect, int(charge)), []), confirm.low_minima,
+                exclude_frames=[c["start_frame"] for c in committee],
             )
-            starts[state] = [committee] + [
+            candidates = committee + [
                 {"source": "low minimum", "start_frame": m.frame, "seed": m.seed, "low_energy_eV": m.low_energy_eV}
                 for m in others
             ]
+            if candidates:
+                starts[state] = candidates
         return starts
 
     def _confirm(self, confirm: ConfirmSpec) -> None:
@@ -509,7 +520,8 @@ class Campaign:
             if len(done[state]) < len(starts[state]):
                 continue
             relaxed = [c for c in done[state] if "final_energy_eV" in c]
-            best = min(relaxed, key=lambda c: c["final_energy_eV"]) if relaxed else done[state][0]
+            # none relaxed (every start failed): the committee's candidate stays the ground state
+            best = min(relaxed, key=lambda c: c["final_energy_eV"]) if relaxed else starts[state][0]
             self.state["confirm"][state] = {**best, "candidates": sorted(done[state], key=lambda c: c["start_frame"])}
             self.ws.log_event("confirmed", state=state, **best)
             self._save("confirm")
@@ -544,17 +556,21 @@ class Campaign:
         return known
 
     def _write_ground_states(self) -> None:
+        """``ground_states/<state>.extxyz`` and ``.vasp`` of every state with a ground state
+        (:func:`ground_state_frames`)."""
         from ase.io import write
 
         self.ws.ground_states_dir.mkdir(exist_ok=True)
-        for state, record in self.state["ground_states"].items():
-            confirmed = self.state.get("confirm", {}).get(state, {})
-            atoms = self.store.get_frame(ground_state_frame(record, confirmed))
-            atoms.info = {CHARGE_KEY: record["charge"], "total_spin": atoms.info["total_spin"],
-                          DEFECT_KEY: record["defect"], "seed": confirmed.get("seed", record["seed"]),
-                          "generation": record["generation"]}
-            if "frame" in confirmed:
-                atoms.info.update(high_energy_eV=confirmed["final_energy_eV"], confirmed_from=confirmed["source"])
+        records, confirmed = self.state["ground_states"], self.state.get("confirm", {})
+        for state, frame in ground_state_frames(self.state).items():
+            atoms = self.store.get_frame(frame)
+            record, confirm = records.get(state), confirmed.get(state, {})
+            atoms.info = {CHARGE_KEY: int(atoms.info[CHARGE_KEY]), "total_spin": atoms.info["total_spin"],
+                          DEFECT_KEY: atoms.info[DEFECT_KEY], "seed": confirm.get("seed") or record["seed"],
+                          "generation": record["generation"] if record else self.state["generation"]}
+            if "frame" in confirm:
+                atoms.info.update(high_energy_eV=confirm["final_energy_eV"],
+                                  confirmed_from=confirm.get("source", "committee"))
             else:
                 atoms.info["predicted_energy_eV"] = record["predicted_energy_eV"]
             write(self.ws.ground_states_dir / f"{state}.extxyz", atoms, format="extxyz")
@@ -607,7 +623,7 @@ class Campaign:
         results = CampaignResults(self)
         if takeaways.write_models(results, out / "models"):
             written.append(out / "models")
-        if store is not None and self.state.get("ground_states"):
+        if store is not None and results.has_ground_states:
             takeaways.write_shakenbreak(results, out / "shakenbreak")
             takeaways.write_minima(results, out / "minima")
             written += [out / "shakenbreak", out / "minima"]
@@ -668,7 +684,7 @@ class Campaign:
         ground_states = []
         recorded = state.get("ground_states", {})
         confirmed = state.get("confirm", {})
-        frames = {name: ground_state_frame(r, confirmed.get(name, {})) for name, r in recorded.items()}
+        frames = ground_state_frames(state)
         store = self._read_store()
         high_energies = self._high_energies(store, list(frames.values()))
         for defect, charge in sorted({(s["defect"], s["charge"]) for s in state.get("seeds", [])}):
@@ -679,9 +695,9 @@ class Campaign:
                 "defect": defect,
                 "charge": charge,
                 "converged": bool(record and record["converged"]),
-                "seed": confirmed.get(name, {}).get("seed", record["seed"]) if record else None,
+                "seed": confirmed.get(name, {}).get("seed") or (record["seed"] if record else None),
                 "predicted_energy_eV": record["predicted_energy_eV"] if record else None,
-                "high_energy_eV": high_energies.get(frames[name]) if record else None,
+                "high_energy_eV": high_energies.get(frames[name]) if name in frames else None,
                 "max_force_spread_eV_A": record["max_force_spread_eV_A"] if record else None,
                 "structure": str(path.relative_to(self.ws.root)) if path.exists() else None,
             })
@@ -722,10 +738,13 @@ class Campaign:
         return status
 
 
-def ground_state_frame(record: dict[str, Any], confirmed: dict[str, Any]) -> int:
-    """The frame a charge state's ground state is: the lowest confirm relaxation's end,
-    else the committee's candidate."""
-    return int(confirmed.get("frame", record["frame"]))
+def ground_state_frames(state: dict[str, Any]) -> dict[str, int]:
+    """Per charge state (of a campaign's ``state.json``), the frame its ground state is:
+    the end of the lowest confirm relaxation, else the committee's candidate."""
+    confirmed = state.get("confirm", {})
+    frames = {name: int(record["frame"]) for name, record in state.get("ground_states", {}).items()}
+    frames.update({name: int(c["frame"]) for name, c in confirmed.items() if c.get("frame") is not None})
+    return dict(sorted(frames.items()))
 
 
 def _relax_key(request: dict[str, Any]) -> str:

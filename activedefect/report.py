@@ -218,7 +218,7 @@ def pca_data(results: CampaignResults) -> dict[str, Any]:
 
     labelled = sorted({int(f) for fid in ("low", "high") for f in
                        results.store.label_table(fid).query("status == 'ok'")["frame"]})
-    ground = [int(f) for f in results.ground_states()["frame"]] if results.state.get("ground_states") else []
+    ground = [int(f) for f in results.ground_states()["frame"]] if results.has_ground_states else []
     frames = labelled + [f for f in ground if f not in labelled]
     atoms = results.store.get_frames(frames)
     pooled = mean_pooled(results.committee.descriptors(atoms))

@@ -24,8 +24,8 @@ from ase import Atoms
 from ase.geometry import get_distances
 
 from activedefect import levels
-from activedefect.campaign import ground_state_frame
-from activedefect.defects import charged_name
+from activedefect.campaign import ground_state_frames
+from activedefect.defects import charged_name, split_charged_name
 
 if TYPE_CHECKING:
     from activedefect.campaign import Campaign
@@ -193,6 +193,11 @@ class CampaignResults:
         """One row per defect × charge state (columns: see ``_ground_states``)."""
         return self._ground_states.copy()
 
+    @property
+    def has_ground_states(self) -> bool:
+        """Whether any charge state has a ground state yet (the committee's or a confirmed one)."""
+        return bool(ground_state_frames(self.state))
+
     @cached_property
     def _minima(self) -> pd.DataFrame:
         """Every basin of the last exploration (rank 0 = ground state), one row each
@@ -240,14 +245,21 @@ class CampaignResults:
         energy the transition levels use (``level_energy_eV`` from ``level_energy_source``:
         the lowest `high` energy of the confirm relaxation and the label, else the
         prediction). ``frame`` is the confirmed minimum when the confirm step ran
-        (:func:`~activedefect.campaign.ground_state_frame`), ``seed`` the lineage it came from."""
+        (:func:`~activedefect.campaign.ground_state_frames`), ``seed`` the lineage it came
+        from; the committee columns (prediction, spread, convergence) describe the
+        committee's own candidate, and are NaN/False for a state only the confirm step's
+        `low` minima found."""
         minima = self.minima()
         confirm = self.state.get("confirm", {})
+        records = self.state.get("ground_states", {})
         rows = []
-        for name, record in sorted(self.state.get("ground_states", {}).items()):
-            defect, charge = record["defect"], int(record["charge"])
-            frame = ground_state_frame(record, confirm.get(name, {}))
-            seed = confirm.get(name, {}).get("seed", record["seed"])
+        for name, frame in ground_state_frames(self.state).items():
+            defect, charge = split_charged_name(name)
+            record = records.get(name) or {
+                "generation": self.state.get("generation", -1), "converged": False, "predicted_energy_eV": np.nan,
+                "max_force_spread_eV_A": np.nan, "reasons": ["no committee minimum (its relaxations stopped short)"],
+            }
+            seed = confirm.get(name, {}).get("seed") or record["seed"]
             match = minima[(minima["state"] == name) & (minima["frame"] == frame)] if len(minima) else minima
             extra = match.iloc[0].to_dict() if len(match) else self._bonding(defect, charge, frame)
             high = self.high_label(frame)
@@ -304,8 +316,6 @@ class CampaignResults:
         return {"vbm_eV": float(vbm), "band_gap_eV": None if gap is None else float(gap), "vbm_source": source}
 
     def corrections(self, defect: str) -> dict[int, float]:
-        from activedefect.defects import split_charged_name
-
         out = {}
         for name, value in self.spec.levels.corrections_eV.items():
             d, q = split_charged_name(name)

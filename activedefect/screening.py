@@ -15,9 +15,11 @@ neighbour, measured on the SiC benchmark as two lineages 1 meV apart.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
+from ase import Atoms
 
 from activedefect.basins import equivalent
 from activedefect.geometry import displacement
@@ -55,7 +57,7 @@ def lineage_minima(store: Store, low_settings_hash: str) -> dict[tuple[str, int]
 
 
 def distinct_low_minima(
-    store: Store, minima: list[LowMinimum], n: int, exclude_frames: list[int] = ()
+    store: Store, minima: list[LowMinimum], n: int, exclude_frames: Sequence[int] = ()
 ) -> list[LowMinimum]:
     """The ``n`` lowest of ``minima`` that differ from each other and from ``exclude_frames``
     (the committee's candidate: it is relaxed anyway)."""

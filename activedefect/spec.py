@@ -179,8 +179,8 @@ class ConfirmSpec(_Block):
     steps: int = Field(default=200, gt=0)
     low_minima: int = Field(
         default=2, ge=0,
-        description="also relax the lowest N distinct `low` minima of other seed lineages per charge state; "
-        "the lowest confirmed minimum is the ground state",
+        description="also relax the lowest N distinct `low` minima (each seed lineage's lowest `low` frame) per "
+        "charge state; the lowest confirmed minimum is the ground state",
     )
 
 

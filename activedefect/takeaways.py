@@ -44,7 +44,7 @@ def shakenbreak_metadata(results: CampaignResults) -> dict[str, Any]:
     """``distortion_metadata.json`` content in ShakeNBreak's schema, with an extra
     ``activedefect`` block per charge state (ground-state distortion and energies)."""
     options = validate_distortion_options(dict(results.spec.distortions))
-    gs = results.ground_states().set_index("state") if results.state.get("ground_states") else None
+    gs = results.ground_states().set_index("state") if results.has_ground_states else None
     defects: dict[str, Any] = {}
     parameters: dict[str, Any] = {}
     for name, meta in results.seed_metadata.items():
@@ -75,7 +75,7 @@ def write_shakenbreak(results: CampaignResults, out: Path) -> list[Path]:
     relaxed = {}
     if results.exploration is not None:
         relaxed = {(r.defect, r.charge, r.seed): r.atoms for r in results.exploration.results if "~" not in r.seed}
-    ground = results.state.get("ground_states", {})
+    ground = results.ground_states().set_index("state")["frame"] if results.has_ground_states else {}
     for (defect, charge, seed), frame in sorted(results.seed_frames.items()):
         name = charged_name(defect, charge)
         folder = out / name
@@ -87,7 +87,7 @@ def write_shakenbreak(results: CampaignResults, out: Path) -> list[Path]:
             (folder / "distortion_metadata.json").write_text(json.dumps(single, indent=2))
             written.append(folder / "distortion_metadata.json")
             if name in ground:
-                write_poscar(results.store.get_frame(ground[name]["frame"]), folder / "groundstate_POSCAR")
+                write_poscar(results.store.get_frame(int(ground[name])), folder / "groundstate_POSCAR")
                 written.append(folder / "groundstate_POSCAR")
         write_poscar(results.store.get_frame(frame), folder / seed / "POSCAR")
         written.append(folder / seed / "POSCAR")
