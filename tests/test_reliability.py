@@ -483,3 +483,17 @@ def test_a_campaign_with_a_damaged_store_stops_naming_the_file_and_status_still_
     with pytest.warns(UserWarning, match=str(chunk)):
         status = status_json(tmp_path / "run")
     assert status["stop_reason"] == "error" and "damaged" in Workspace(tmp_path / "run").read_state()["error"]
+
+
+def test_every_saved_phase_keeps_the_wall_time_spent_so_far(tmp_path: Path):
+    """A driver killed mid-generation keeps its wall time: each phase saved writes it (it
+    used to be written only at the end of a generation and on a clean exit)."""
+    directory = tmp_path / "run"
+    Campaign.create(write_spec(tmp_path / "spec.yaml", CYCLE_SPEC), directory)
+    workspace = Workspace(directory)
+    workspace.write_state({**workspace.read_state(), "wall_s": 100.0})  # spent by earlier runs
+    campaign = Campaign.open(directory)
+    time.sleep(0.3)
+    campaign._save("label")
+    wall_s = Workspace(directory).read_state()["wall_s"]
+    assert 100.3 <= wall_s < 160.0
