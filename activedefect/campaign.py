@@ -453,7 +453,7 @@ class Campaign:
 
     # --- the end: confirm and write the ground states -----------------------------------
     def _finish(self) -> None:
-        if self.spec.convergence.confirm is not None and self.state["ground_states"]:
+        if self.spec.convergence.confirm is not None:  # also without any committee minimum: `low` minima
             self._confirm(self.spec.convergence.confirm)
         self._write_ground_states()
         self._save("stopped")
