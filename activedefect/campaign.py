@@ -147,8 +147,8 @@ class Campaign:
         Returns :meth:`status`."""
         self.reporter = reporter or LogReporter()
         self.ws.acquire_lock()
-        started = self._run_started = time.monotonic()
-        wall_before = self._wall_before = float(self.state.get("wall_s", 0.0))
+        self._run_started = time.monotonic()
+        self._wall_before = float(self.state.get("wall_s", 0.0))
         stop_page = None
         try:
             if self.state.get("phase") == "stopped" and self.state.get("stop_reason") not in (None, "error", "walltime"):
@@ -171,7 +171,6 @@ class Campaign:
                 while self.state["stop_reason"] is None:
                     generation = self.state["generation"] + 1
                     self._run_generation(generation)
-                    self.state["wall_s"] = wall_before + time.monotonic() - started
                     self.state["stop_reason"] = self._stop_reason()
                     self._save("generation-done")
                 self._finish()
@@ -185,9 +184,8 @@ class Campaign:
             self.ws.log_event("error", error=self.state["error"])
             raise
         finally:
-            self.state["wall_s"] = wall_before + time.monotonic() - started
             if self.ws.state_path.exists():
-                self.ws.write_state(self.state)
+                self._write_state()
             if stop_page is not None:
                 stop_page()
             self._client = None
@@ -206,11 +204,14 @@ class Campaign:
         return self._client.submit(shared_data, data, pure=False)
 
     def _save(self, phase: str) -> None:
-        """Record the phase (and the wall time so far: a killed driver keeps it)."""
         self.state["phase"] = phase
+        self._write_state()
+        self._publish()
+
+    def _write_state(self) -> None:
+        """Write ``state.json`` with the wall time so far, so a killed driver keeps it."""
         self.state["wall_s"] = self._wall_before + time.monotonic() - self._run_started
         self.ws.write_state(self.state)
-        self._publish()
 
     def _publish(self) -> None:
         if self._client is not None:
@@ -376,7 +377,7 @@ class Campaign:
                         ends = self.state.setdefault("relaxation_ends", {})
                         ends[_relax_key(request)] = self.store.find_frame(ok[-1])
                 self.state["relaxations"].append(_relax_key(request))
-                self.ws.write_state(self.state)
+                self._write_state()
             else:
                 self.store.add_labels(fidelity, [(request["frame"], outcome)])
             faults.crash_point("label")
