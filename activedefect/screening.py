@@ -51,7 +51,8 @@ def lineage_minima(store: Store, low_settings_hash: str) -> dict[tuple[str, int]
     out: dict[tuple[str, int], list[LowMinimum]] = {}
     for (defect, charge), group in lowest.sort_values("energy_eV").groupby(["defect", "charge"], sort=False):
         out[(str(defect), int(charge))] = [
-            LowMinimum(int(r.frame), str(r.seed), float(r.energy_eV)) for r in group.itertuples() if pd.notna(r.seed) and r.seed
+            LowMinimum(int(r.frame), str(r.seed), float(r.energy_eV))
+            for r in group.itertuples() if pd.notna(r.seed) and r.seed  # frames of unknown origin: no lineage
         ]
     return out
 
