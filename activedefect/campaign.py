@@ -16,7 +16,7 @@ import numpy as np
 from ase import Atoms
 from distributed import Client, as_completed
 
-from activedefect import faults
+from activedefect import faults, journal
 from activedefect.cluster import open_cluster
 from activedefect.convergence import GroundStateRecord, assess
 from activedefect.dashboard import METADATA_KEY, serve_from_driver
@@ -356,10 +356,11 @@ class Campaign:
                  for f in {r["fidelity"] for r in relaxations}}
         for request in relaxations:
             fidelity = request["fidelity"]
+            key = relax_task_key(request, hashes[fidelity])
             futures[self._client.submit(
                 relax_with_oracle, calls[fidelity], self.store.get_frame(request["frame"]),
-                request["relax_fmax_eV_A"], request["relax_steps"], known[fidelity], resources={"label": 1},
-                pure=False, key=f"relax-{_relax_key(request)}-{hashes[fidelity]}",
+                request["relax_fmax_eV_A"], request["relax_steps"], known[fidelity], self._journal(key),
+                resources={"label": 1}, pure=False, key=key,
             )] = request
         for future in as_completed(futures):
             request = futures[future]
@@ -371,11 +372,13 @@ class Campaign:
             if request.get("relax_steps"):
                 start = self.store.get_frame(request["frame"])
                 if isinstance(outcome, OracleRelaxation):
-                    self._store_relaxation(fidelity, start, outcome.new)
+                    self._store_relaxation(fidelity, start, outcome.new, future.key)
                     ok = [frame for frame, result in outcome.path if result.ok]
                     if ok:  # where the oracle left off: a cut committee relaxation goes on from there
                         ends = self.state.setdefault("relaxation_ends", {})
                         ends[_relax_key(request)] = self.store.find_frame(ok[-1])
+                else:  # the task died, but the steps it had computed are paid for
+                    self._store_relaxation(fidelity, start, journal.load(self._journal(future.key)), future.key)
                 self.state["relaxations"].append(_relax_key(request))
                 self._write_state()
             else:
@@ -384,8 +387,15 @@ class Campaign:
             self.reporter.advance()
             self._publish()
 
-    def _store_relaxation(self, fidelity: str, start: Atoms, evaluated: list[tuple[Atoms, LabelResult]]) -> None:
-        """Frames and labels of an oracle relaxation from ``start``; steps keep its origin."""
+    def _journal(self, task_key: str) -> str:
+        """Where the oracle relaxation run as ``task_key`` writes its steps as they come
+        (:mod:`activedefect.journal`): a killed run's steps are replayed, not recomputed."""
+        return str(journal.journal_path(self.ws.journal_dir, task_key))
+
+    def _store_relaxation(self, fidelity: str, start: Atoms, evaluated: list[tuple[Atoms, LabelResult]],
+                          task_key: str) -> None:
+        """Frames and labels of an oracle relaxation from ``start``; steps keep its origin.
+        Once they are stored, the relaxation's journal has served its purpose."""
         settings_hash = self.settings_hash(fidelity)
         origin = dict(start.info.get("origin") or {})
         for step, (frame, result) in enumerate(evaluated):
@@ -393,6 +403,7 @@ class Campaign:
             [index] = self.store.add_frames([frame])
             if not self.store.has_label(fidelity, index, settings_hash):
                 self.store.add_labels(fidelity, [(index, result)])
+        Path(self._journal(task_key)).unlink(missing_ok=True)
 
     # --- convergence ------------------------------------------------------------------
     def _assess(self, generation: int, exploration) -> None:  # noqa: ANN001
@@ -503,19 +514,20 @@ class Campaign:
         known = self._share(self._known_labels("high"))
         futures = {}
         for state, candidates in starts.items():
-            for i, candidate in enumerate(candidates):
+            for candidate in candidates:
                 atoms = self.store.get_frame(candidate["start_frame"])
                 atoms.info["origin"] = {"seed": candidate["seed"], "generation": self.state["generation"],
                                         "trajectory": -1, "step": 0}
+                key = f"confirm-{state}-{candidate['start_frame']}"
                 futures[self._client.submit(
-                    relax_with_oracle, call, atoms, confirm.fmax, confirm.steps, known, resources={"label": 1},
-                    pure=False, key=f"confirm-{state}-{i}",
+                    relax_with_oracle, call, atoms, confirm.fmax, confirm.steps, known, self._journal(key),
+                    resources={"label": 1}, pure=False, key=key,
                 )] = (state, candidate, atoms)
         done: dict[str, list[dict[str, Any]]] = {state: [] for state in starts}
         for future in as_completed(futures):
             state, candidate, start = futures[future]
             relaxation = future.result()
-            self._store_relaxation("high", start, relaxation.new)
+            self._store_relaxation("high", start, relaxation.new, future.key)
             done[state].append({**candidate, **self._relaxation_summary(start, relaxation)})
             self.reporter.advance()
             if len(done[state]) < len(starts[state]):
@@ -750,3 +762,8 @@ def ground_state_frames(state: dict[str, Any]) -> dict[str, int]:
 
 def _relax_key(request: dict[str, Any]) -> str:
     return f"{request['fidelity']}:{request['frame']}"
+
+
+def relax_task_key(request: dict[str, Any], settings_hash: str) -> str:
+    """The Dask key, and journal name, of a policy's oracle relaxation: the same on a resume."""
+    return f"relax-{_relax_key(request)}-{settings_hash}"

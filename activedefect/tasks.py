@@ -12,7 +12,7 @@ from ase import Atoms
 from ase.calculators.calculator import CalculationFailed
 from ase.optimize import FIRE
 
-from activedefect.geometry import CHARGE_KEY, SPIN_KEY
+from activedefect.geometry import CHARGE_KEY, SPIN_KEY, content_hash
 from activedefect.labels import LabelResult
 
 
@@ -66,28 +66,44 @@ def label_frame(call: BackendCall, atoms: Atoms) -> LabelResult:
 @dataclass
 class OracleRelaxation:
     """Every step of an oracle relaxation with its label (``path``, steps replayed from
-    known labels included) and the steps computed by this call (``new``)."""
+    known labels included) and the steps not in the store yet (``new``: computed by this
+    call or replayed from its journal)."""
 
     path: list[tuple[Atoms, LabelResult]]
     new: list[tuple[Atoms, LabelResult]]
 
 
 def relax_with_oracle(
-    call: BackendCall, atoms: Atoms, fmax: float, steps: int, known: dict[str, LabelResult]
+    call: BackendCall, atoms: Atoms, fmax: float, steps: int, known: dict[str, LabelResult],
+    journal: str | None = None,
 ) -> OracleRelaxation:
     """Relax ``atoms`` with the backend (the confirm step, bootstrap and ground-state
     relaxations); geometries already labelled in ``known`` (by content hash) are replayed,
-    not recomputed."""
+    not recomputed. With ``journal`` (a path, :mod:`activedefect.journal`) every computed
+    step is written down at once, and the steps an earlier, killed run of this relaxation
+    wrote there are replayed too."""
+    from activedefect import journal as steps_journal
     from activedefect.backends.base import LabelCalculator
 
-    calc = LabelCalculator(call.labeller(), int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY]), known=known)
+    charge, multiplicity = int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY])
+    journalled = {content_hash(frame, charge, multiplicity): label
+                  for frame, label in (steps_journal.load(journal) if journal else [])}
+
+    def write_down(frame: Atoms, label: LabelResult) -> None:
+        if label.ok:
+            steps_journal.append(journal, frame, label)
+
+    calc = LabelCalculator(call.labeller(), charge, multiplicity, known={**journalled, **known},
+                           on_computed=write_down if journal else None)
     work = atoms.copy()
     work.calc = calc
     try:
         FIRE(work, logfile=None).run(fmax=fmax, steps=steps)
     except CalculationFailed:
         pass
-    return OracleRelaxation(path=calc.visited, new=calc.evaluated)
+    new = [(frame, label) for frame, label in calc.visited
+           if content_hash(frame, charge, multiplicity) not in known]
+    return OracleRelaxation(path=calc.visited, new=new)
 
 
 def train_member_task(**kwargs: Any) -> dict[str, Any]:

@@ -93,6 +93,7 @@ class Workspace:
     metrics_path = property(lambda self: self.root / "metrics.jsonl")
     ground_states_dir = property(lambda self: self.root / "ground_states")
     pyiron_dir = property(lambda self: self.root / "pyiron")
+    journal_dir = property(lambda self: self.root / "journal")  # oracle steps in flight
 
     def model_path(self, generation: int, member: int) -> Path:
         return self.root / "models" / f"gen-{generation:03d}" / f"member-{member}.model"

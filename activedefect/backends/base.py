@@ -432,17 +432,20 @@ class LabelCalculator(Calculator):
     codes that run outside Python, such as VASP, and for oracle relaxations whose every
     step is kept). ``evaluated`` collects each new (geometry, label), ``visited`` every
     step's, replayed ones included; geometries whose content hash is in ``known`` are not
-    computed again, so a resumed relaxation replays its finished steps for free."""
+    computed again, so a resumed relaxation replays its finished steps for free.
+    ``on_computed`` sees each new (geometry, label) as soon as it exists (a journal)."""
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, backend: Backend, charge: int, multiplicity: int,
-                 known: dict[str, LabelResult] | None = None):
+                 known: dict[str, LabelResult] | None = None,
+                 on_computed: Callable[[Atoms, LabelResult], None] | None = None):
         super().__init__()
         self.backend = backend
         self.charge = charge
         self.multiplicity = multiplicity
         self.known = known or {}
+        self.on_computed = on_computed
         self.evaluated: list[tuple[Atoms, LabelResult]] = []
         self.visited: list[tuple[Atoms, LabelResult]] = []
 
@@ -453,6 +456,8 @@ class LabelCalculator(Calculator):
         if label is None:
             label = self.backend.calculate(frame, self.charge, self.multiplicity)
             self.evaluated.append((frame, label))
+            if self.on_computed is not None:
+                self.on_computed(frame, label)
         self.visited.append((frame, label))
         if not label.ok:
             raise CalculationFailed(failure_message(label.status, label.reason))
