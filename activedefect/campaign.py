@@ -512,13 +512,14 @@ class Campaign:
         self.reporter.start("confirm (high-fidelity relaxations)", sum(len(s) for s in starts.values()))
         call = self.backend_call("high")
         known = self._share(self._known_labels("high"))
+        high_hash = self.settings_hash("high")
         futures = {}
         for state, candidates in starts.items():
             for candidate in candidates:
                 atoms = self.store.get_frame(candidate["start_frame"])
                 atoms.info["origin"] = {"seed": candidate["seed"], "generation": self.state["generation"],
                                         "trajectory": -1, "step": 0}
-                key = f"confirm-{state}-{candidate['start_frame']}"
+                key = f"confirm-{state}-{candidate['start_frame']}-{high_hash}"  # a journal per level of theory
                 futures[self._client.submit(
                     relax_with_oracle, call, atoms, confirm.fmax, confirm.steps, known, self._journal(key),
                     resources={"label": 1}, pure=False, key=key,
