@@ -215,6 +215,8 @@ def test_campaign_directory_layout(finished: Path):
     assert "SiC_conv.vasp" in inputs and "original-tiny.yaml" in inputs
     frozen = yaml.safe_load((finished / "campaign.yaml").read_text())
     assert frozen["host"]["structure"] == "inputs/SiC_conv.vasp"
+    # every oracle relaxation was stored, so no journal of one in flight is left
+    assert (finished / "journal").is_dir() and not list((finished / "journal").iterdir())
     last = status_json(finished)["generation"]
     for generation in range(1, last + 1):
         members = sorted(p.name for p in (finished / "models" / f"gen-{generation:03d}").glob("*.model"))
