@@ -1,15 +1,18 @@
 """Oracle relaxation journals: steps computed before a kill are replayed, not recomputed."""
 
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from ase.build import bulk
-from campaign_support import KILL_SPEC, write_spec
+from campaign_support import KILL_SPEC, SPEC, Driver, run_cli, write_spec
 
 from activedefect import journal
 from activedefect.campaign import Campaign, relax_task_key
 from activedefect.geometry import content_hash
+from activedefect.store import Store
 from activedefect.tasks import BackendCall, relax_with_oracle
 
 XTB = BackendCall("xtb", {"method": "GFN1-xTB", "electronic_temperature": 1000}, None, 1)
@@ -89,3 +92,37 @@ def vacancy_sic(campaign: Campaign):
     atoms = build_campaign_seeds(campaign.spec)[0].atoms.copy()
     atoms.rattle(0.05, seed=3)
     return atoms
+
+
+@pytest.mark.slow
+def test_a_baseline_killed_mid_relaxation_replays_its_journals_on_resume(tmp_path: Path):
+    """SIGKILL the driver of a real baseline while a relaxation has written at least 10
+    steps; `campaign resume` stores every journalled step with the label computed before
+    the kill (same energy, same wall time: replayed, not recomputed) and leaves no journal."""
+    spec = write_spec(tmp_path / "tiny.yaml", {**SPEC, "host_check": {"enabled": False},
+                                               "convergence": {"confirm": {"fmax": 0.01, "steps": 60}}})
+    run = tmp_path / "run"
+    journals = run / "journal"
+
+    def whole_lines(path: Path) -> int:  # read only: the worker is still appending
+        return path.read_bytes().count(b"\n")
+
+    driver = Driver(["campaign", "baseline", str(spec), "--dir", str(run)], run, tmp_path / "driver.log")
+    driver.wait_for("a relaxation with 10 journalled steps",
+                    lambda: any(whole_lines(p) >= 10 for p in journals.glob("*.jsonl")), timeout=300)
+    driver.kill()
+    time.sleep(2)  # the workers die with the driver
+    shutil.copytree(journals, tmp_path / "at-kill")
+    saved = [step for p in (tmp_path / "at-kill").glob("*.jsonl") for step in journal.load(p)]
+    assert len(saved) >= 10
+
+    resumed = run_cli(["campaign", "resume", str(run)], timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert not list(journals.iterdir())
+    store = Store.open(run / "data.zarr", mode="r")
+    labels = store.label_table("high")
+    assert labels["frame"].is_unique and (labels["status"] == "ok").all()
+    for frame, label in saved:
+        row = store.label_row("high", store.find_frame(frame), label.settings_hash)
+        assert labels.loc[row, "energy_eV"] == label.energy_eV
+        assert labels.loc[row, "metadata"]["wall_s"] == label.metadata["wall_s"]
