@@ -18,8 +18,9 @@ from distributed import Client, as_completed
 
 from activedefect import faults, journal
 from activedefect.cluster import open_cluster
-from activedefect.convergence import GroundStateRecord, assess
+from activedefect.convergence import GroundStateRecord, assess, mark_stale
 from activedefect.dashboard import METADATA_KEY, serve_from_driver
+from activedefect.explore import EXPLODED
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, displacement
 from activedefect.labels import LabelResult
 from activedefect.reporting import LogReporter, Reporter
@@ -414,7 +415,8 @@ class Campaign:
         high_hash = self.settings_hash("high")
         labels = self.store.label_table("high")
         trust_lo, _ = selection.trust_window(self.spec)
-        unfinished = exploration.unfinished({s["seed"] for s in self.state["seeds"]})
+        seeds = {s["seed"] for s in self.state["seeds"]}
+        unfinished, exploded = exploration.unfinished(seeds), exploration.unfinished(seeds, (EXPLODED,))
         self.state["confirm"] = {}  # a confirm step before a resume confirmed older candidates
         for key, candidate in exploration.ground_state_candidates().items():
             defect, charge = key
@@ -427,6 +429,7 @@ class Campaign:
                 defect=defect, charge=charge, generation=generation, frame=int(candidate.frame),
                 seed=candidate.members[0], predicted_energy_eV=candidate.energy_eV,
                 max_force_spread_eV_A=candidate.max_force_std_eV_A, unfinished_seeds=unfinished.get(key, 0),
+                exploded_seeds=exploded.get(key, 0),
             )
             rows = labels[(labels["frame"] == candidate.frame) & (labels["settings_hash"] == high_hash)
                           & (labels["status"] == "ok")]
@@ -442,6 +445,8 @@ class Campaign:
             assess(record, previous_record, self.spec.convergence, trust_lo)
             self.state["ground_states"][state] = record.as_dict()
             self.state["history"].append({"state": state, **record.as_dict()})
+        for state, previous in self.state["ground_states"].items():
+            self.state["ground_states"][state] = mark_stale(GroundStateRecord.from_dict(previous), generation).as_dict()
         self._save("assessed")
 
     def _stop_reason(self) -> str | None:
@@ -527,9 +532,16 @@ class Campaign:
         done: dict[str, list[dict[str, Any]]] = {state: [] for state in starts}
         for future in as_completed(futures):
             state, candidate, start = futures[future]
-            relaxation = future.result()
-            self._store_relaxation("high", start, relaxation.new, future.key)
-            done[state].append({**candidate, **self._relaxation_summary(start, relaxation)})
+            try:
+                relaxation = future.result()
+            except Exception as error:  # noqa: BLE001 - e.g. a worker lost too often: a failed start, not a stop
+                self._store_relaxation("high", start, journal.load(self._journal(future.key)), future.key)
+                failure = f"task failed: {type(error).__name__}: {error}"
+                done[state].append({**candidate, "error": failure})
+                self.ws.log_event("confirm-failed", state=state, start_frame=candidate["start_frame"], error=failure)
+            else:
+                self._store_relaxation("high", start, relaxation.new, future.key)
+                done[state].append({**candidate, **self._relaxation_summary(start, relaxation)})
             self.reporter.advance()
             if len(done[state]) < len(starts[state]):
                 continue

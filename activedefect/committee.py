@@ -35,6 +35,7 @@ from activedefect.mace_model import (
     TrainSettings,
     atoms_to_graphs,
     load_model,
+    resolve_device,
     split_holdout,
     train_member,
     undo_worker_malloc_trim,
@@ -115,11 +116,12 @@ class Committee:
         self.n_model_calls = 0
 
     @classmethod
-    def load(cls, paths: Sequence[str | Path], device: str = "cpu") -> "Committee":
+    def load(cls, paths: Sequence[str | Path], device: str = "auto") -> "Committee":
         paths = [Path(p) for p in paths]
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise FileNotFoundError(f"committee member files not found: {missing}")
+        device = resolve_device(device)  # the GPU where this process sees one
         return cls([load_model(p, device) for p in paths], paths=paths, device=device)
 
     @property

@@ -5,7 +5,8 @@ A defect × charge state is converged when its ground-state candidate has stayed
 label exists and agrees with the prediction (|ΔE| ≤ ``energy``, max |F| ≤ ``max_force``),
 and the committee agrees there (max force spread ≤ ``max_spread``) — and, with
 ``finished_seeds``, once no seed's committee relaxation is still under way: a distorted
-seed cut short may yet reach a lower basin.
+seed cut short may yet reach a lower basin, and one that exploded on the committee
+reached none.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class GroundStateRecord:
     rmsd_to_previous_A: float | None = None
     max_displacement_to_previous_A: float | None = None
     unfinished_seeds: int = 0
+    exploded_seeds: int = 0
     stable_generations: int = 0
     converged: bool = False
     reasons: tuple[str, ...] = ()
@@ -73,6 +75,20 @@ def assess(
         reasons.append(f"force spread {record.max_force_spread_eV_A:.3f} eV/Å > {max_spread}")
     if spec.finished_seeds and record.unfinished_seeds:
         reasons.append(f"{record.unfinished_seeds} seed relaxations not at a minimum yet")
+    if spec.finished_seeds and record.exploded_seeds:
+        reasons.append(f"{record.exploded_seeds} seed relaxations exploded on the committee (no minimum from them)")
     record.reasons = tuple(reasons)
     record.converged = not reasons
+    return record
+
+
+def mark_stale(record: GroundStateRecord, generation: int) -> GroundStateRecord:
+    """A record no minimum of ``generation`` renewed (every committee relaxation of its
+    charge state stopped short): kept as the best known structure, but never converged —
+    the committee that predicted it is gone."""
+    if record.generation >= generation:
+        return record
+    record.converged = False
+    record.stable_generations = 0
+    record.reasons = (f"no committee minimum in generation {generation} (record from generation {record.generation})",)
     return record

@@ -50,7 +50,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +206,7 @@ class TrainSettings:
     clip_grad_norm: float = 10.0
     weight_decay: float = 0.0
     num_threads: int = 1
-    device: str = "cpu"
+    device: str = "auto"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -410,9 +410,17 @@ def build_model(
     return model
 
 
-def load_model(path: str | Path, device: str = "cpu") -> torch.nn.Module:
+def resolve_device(device: str) -> str:
+    """``"auto"``: the GPU where torch sees one (a lent GPU machine, a GPU worker of the
+    cluster), else the CPU; any other value (``"cpu"``, ``"cuda:1"``) as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_model(path: str | Path, device: str = "auto") -> torch.nn.Module:
     """Load a saved member (a whole pickled mace model, as mace itself saves them)."""
-    return torch.load(path, map_location=device, weights_only=False)
+    return torch.load(path, map_location=resolve_device(device), weights_only=False)
 
 
 def model_meta(model: torch.nn.Module) -> dict[str, Any]:
@@ -546,7 +554,7 @@ def train_member(
     settings = settings or TrainSettings()
     out_path = Path(out_path)
     if out_path.exists():
-        meta = model_meta(load_model(out_path))
+        meta = model_meta(load_model(out_path, "cpu"))
         if meta.get("config") is not None and ModelConfig.from_dict(meta["config"]) != config:
             raise ValueError(
                 f"{out_path} exists but was trained with a different ModelConfig; remove it or write elsewhere"
@@ -585,6 +593,7 @@ def _train(
     settings: TrainSettings,
     t0: float,
 ) -> TrainReport:
+    settings = replace(settings, device=resolve_device(settings.device))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     zs = config.atomic_numbers

@@ -16,7 +16,7 @@ from ase import Atoms
 from activedefect.basins import Basin, group_basins
 from activedefect.cluster import workers_offering
 from activedefect.defects import charged_name
-from activedefect.explore import UNFINISHED, RelaxResult, RelaxSettings, exploration_starts, relax, seed_name
+from activedefect.explore import EXPLODED, UNFINISHED, RelaxResult, RelaxSettings, exploration_starts, relax, seed_name
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY
 from activedefect.policies import SelectionContext, candidate_table, load_policy, mean_pooled, select
 from activedefect.spec import FIDELITIES, CampaignSpec
@@ -41,12 +41,12 @@ class Exploration:
     def ground_state_candidates(self) -> dict[tuple[str, int], Basin]:
         return {key: states[0] for key, states in sorted(self.basins.items()) if states}
 
-    def unfinished(self, seeds: set[str]) -> dict[tuple[str, int], int]:
+    def unfinished(self, seeds: set[str], statuses: tuple[str, ...] = UNFINISHED) -> dict[tuple[str, int], int]:
         """Per defect × charge state, how many relaxations from ``seeds`` (or their
-        continuations) stopped before a minimum."""
+        continuations) stopped with one of ``statuses`` (default: before a minimum)."""
         counts: dict[tuple[str, int], int] = {}
         for r in self.results:
-            if r.status in UNFINISHED and r.seed in seeds:
+            if r.status in statuses and r.seed in seeds:
                 counts[(r.defect, r.charge)] = counts.get((r.defect, r.charge), 0) + 1
         return counts
 

@@ -481,3 +481,16 @@ def test_loss_weight_spends_the_fit_on_the_weighted_frames(generations, dataset,
         errors[name] = float(np.sqrt(np.mean([(p.forces_mean_eV_A - a.arrays[REF_FORCES_KEY]) ** 2
                                               for p, a in zip(predictions, reference)])))
     assert errors["weighted"] < 0.9 * errors["plain"], errors
+
+
+def test_training_and_inference_use_the_gpu_where_torch_sees_one(monkeypatch):
+    import torch
+
+    from activedefect.mace_model import TrainSettings, resolve_device
+
+    assert TrainSettings().device == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"

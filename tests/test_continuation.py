@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ase import Atoms
 
-from activedefect.convergence import GroundStateRecord, assess
+from activedefect.convergence import GroundStateRecord, assess, mark_stale
 from activedefect.explore import CONVERGED, CUT_UNTRUSTED, EXPLODED, MAX_STEPS, RelaxResult
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY
 from activedefect.selection import Exploration, continued_starts
@@ -42,6 +42,8 @@ def test_unfinished_counts_only_the_seeds_lineages():
                result("a~rattle0", CUT_UNTRUSTED, 2.0), result("a", CUT_UNTRUSTED, 2.0, charge=-1)]
     exploration = Exploration(results, {}, {})
     assert exploration.unfinished({"a", "b", "c"}) == {("v_X", 0): 2, ("v_X", -1): 1}
+    results.append(result("b", EXPLODED, 2.0))
+    assert Exploration(results, {}, {}).unfinished({"b"}, (EXPLODED,)) == {("v_X", 0): 1}
 
 
 def test_a_seed_still_under_way_holds_convergence_back():
@@ -57,3 +59,23 @@ def test_a_seed_still_under_way_holds_convergence_back():
     held = assess(record(2), previous, strict, 0.05)
     assert not held.converged and held.reasons == ("2 seed relaxations not at a minimum yet",)
     assert assess(record(2), previous, lenient, 0.05).converged
+
+
+def test_an_exploded_seed_is_reported_and_holds_convergence_back():
+    previous = GroundStateRecord("v_X", 0, 2, frame=1, seed="a", predicted_energy_eV=-1.0, max_force_spread_eV_A=0.01,
+                                 stable_generations=5)
+    record = GroundStateRecord("v_X", 0, 3, frame=1, seed="a", predicted_energy_eV=-1.0, max_force_spread_eV_A=0.01,
+                               high_energy_eV=-1.001, high_max_force_eV_A=0.01, rmsd_to_previous_A=0.0,
+                               exploded_seeds=1)
+    held = assess(record, previous, ConvergenceSpec(), 0.05)
+    assert not held.converged and held.reasons == ("1 seed relaxations exploded on the committee (no minimum from them)",)
+    assert GroundStateRecord.from_dict(held.as_dict()) == held
+
+
+def test_a_record_no_later_minimum_renewed_is_never_converged():
+    record = GroundStateRecord("v_X", 0, 3, frame=1, seed="a", predicted_energy_eV=-1.0, max_force_spread_eV_A=0.01,
+                               stable_generations=4, converged=True)
+    assert mark_stale(GroundStateRecord(**{**record.as_dict(), "reasons": ()}), 3).converged  # its own generation
+    stale = mark_stale(record, 4)
+    assert not stale.converged and stale.stable_generations == 0
+    assert stale.reasons == ("no committee minimum in generation 4 (record from generation 3)",)
