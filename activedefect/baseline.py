@@ -75,5 +75,3 @@ class Baseline(Campaign):
 
     def _finish(self) -> None:
         self._write_ground_states()
-        self._save("stopped")
-        self.ws.log_event("stopped", reason=self.state["stop_reason"])

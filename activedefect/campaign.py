@@ -18,7 +18,7 @@ from distributed import Client, as_completed
 
 from activedefect import faults, journal
 from activedefect.cluster import open_cluster
-from activedefect.convergence import GroundStateRecord, assess, mark_stale
+from activedefect.convergence import GroundStateRecord, assess, assess_confirmed, mark_stale
 from activedefect.dashboard import METADATA_KEY, serve_from_driver
 from activedefect.explore import EXPLODED
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, displacement
@@ -169,12 +169,20 @@ class Campaign:
                 self.ws.log_event("run", dashboard=handle.dashboard_link, page=handle.campaign_page)
                 self._publish()
                 self._prepare()
-                while self.state["stop_reason"] is None:
-                    generation = self.state["generation"] + 1
-                    self._run_generation(generation)
-                    self.state["stop_reason"] = self._stop_reason()
-                    self._save("generation-done")
-                self._finish()
+                while True:
+                    while self.state["stop_reason"] is None:
+                        generation = self.state["generation"] + 1
+                        self._run_generation(generation)
+                        self.state["stop_reason"] = self._stop_reason()
+                        self._save("generation-done")
+                    self._finish()
+                    if self.state["stop_reason"] != "converged" or self._stop_reason() == "converged":
+                        break
+                    # a confirmed minimum failed the tests the committee's candidate passed: learn on
+                    self.ws.log_event("confirm-not-converged", generation=self.state["generation"])
+                    self.state["stop_reason"] = None
+                self._save("stopped")
+                self.ws.log_event("stopped", reason=self.state["stop_reason"])
         except KeyboardInterrupt:
             self.ws.log_event("interrupted")
             raise
@@ -394,17 +402,21 @@ class Campaign:
         return str(journal.journal_path(self.ws.journal_dir, task_key))
 
     def _store_relaxation(self, fidelity: str, start: Atoms, evaluated: list[tuple[Atoms, LabelResult]],
-                          task_key: str) -> None:
+                          task_key: str) -> int:
         """Frames and labels of an oracle relaxation from ``start``; steps keep its origin.
-        Once they are stored, the relaxation's journal has served its purpose."""
+        Once they are stored, the relaxation's journal has served its purpose. Returns
+        how many labels were new to the store."""
         settings_hash = self.settings_hash(fidelity)
         origin = dict(start.info.get("origin") or {})
+        added = 0
         for step, (frame, result) in enumerate(evaluated):
             frame.info["origin"] = {**origin, "step": step}
             [index] = self.store.add_frames([frame])
             if not self.store.has_label(fidelity, index, settings_hash):
                 self.store.add_labels(fidelity, [(index, result)])
+                added += 1
         Path(self._journal(task_key)).unlink(missing_ok=True)
+        return added
 
     # --- convergence ------------------------------------------------------------------
     def _assess(self, generation: int, exploration) -> None:  # noqa: ANN001
@@ -470,11 +482,12 @@ class Campaign:
 
     # --- the end: confirm and write the ground states -----------------------------------
     def _finish(self) -> None:
-        if self.spec.convergence.confirm is not None:  # also without any committee minimum: `low` minima
+        """Confirm the ground states with `high` and write them (the loop has stopped)."""
+        if self.state["stop_reason"] == "walltime":  # the allocation is spent: a resume goes on and confirms
+            self.ws.log_event("confirm-deferred", reason="walltime")
+        elif self.spec.convergence.confirm is not None:  # also without any committee minimum: `low` minima
             self._confirm(self.spec.convergence.confirm)
         self._write_ground_states()
-        self._save("stopped")
-        self.ws.log_event("stopped", reason=self.state["stop_reason"])
 
     def _confirm_starts(self, confirm: ConfirmSpec) -> dict[str, list[dict[str, Any]]]:
         """Per unconfirmed charge state, where its `high` relaxations start: the committee's
@@ -513,8 +526,15 @@ class Campaign:
         starts = self._confirm_starts(confirm)
         if not starts:
             return
+        n_starts = sum(len(s) for s in starts.values())
+        calls_each = (self.spec.budget.confirm_high - self.state.get("confirm_calls", 0)) // n_starts
+        if calls_each < 1:
+            self.ws.log_event("confirm-skipped", reason="budget.confirm_high spent", starts=n_starts)
+            self.reporter.message(f"confirm skipped: budget.confirm_high ({self.spec.budget.confirm_high}) spent")
+            return
+        steps = min(confirm.steps, calls_each - 1)  # FIRE evaluates the start and then once per step
         self._save("confirm")
-        self.reporter.start("confirm (high-fidelity relaxations)", sum(len(s) for s in starts.values()))
+        self.reporter.start("confirm (high-fidelity relaxations)", n_starts)
         call = self.backend_call("high")
         known = self._share(self._known_labels("high"))
         high_hash = self.settings_hash("high")
@@ -526,7 +546,7 @@ class Campaign:
                                         "trajectory": -1, "step": 0}
                 key = f"confirm-{state}-{candidate['start_frame']}-{high_hash}"  # a journal per level of theory
                 futures[self._client.submit(
-                    relax_with_oracle, call, atoms, confirm.fmax, confirm.steps, known, self._journal(key),
+                    relax_with_oracle, call, atoms, confirm.fmax, steps, known, self._journal(key),
                     resources={"label": 1}, pure=False, key=key,
                 )] = (state, candidate, atoms)
         done: dict[str, list[dict[str, Any]]] = {state: [] for state in starts}
@@ -535,12 +555,13 @@ class Campaign:
             try:
                 relaxation = future.result()
             except Exception as error:  # noqa: BLE001 - e.g. a worker lost too often: a failed start, not a stop
-                self._store_relaxation("high", start, journal.load(self._journal(future.key)), future.key)
+                self._count_confirm_calls(
+                    self._store_relaxation("high", start, journal.load(self._journal(future.key)), future.key))
                 failure = f"task failed: {type(error).__name__}: {error}"
                 done[state].append({**candidate, "error": failure})
                 self.ws.log_event("confirm-failed", state=state, start_frame=candidate["start_frame"], error=failure)
             else:
-                self._store_relaxation("high", start, relaxation.new, future.key)
+                self._count_confirm_calls(self._store_relaxation("high", start, relaxation.new, future.key))
                 done[state].append({**candidate, **self._relaxation_summary(start, relaxation)})
             self.reporter.advance()
             if len(done[state]) < len(starts[state]):
@@ -549,8 +570,37 @@ class Campaign:
             # none relaxed (every start failed): the committee's candidate stays the ground state
             best = min(relaxed, key=lambda c: c["final_energy_eV"]) if relaxed else starts[state][0]
             self.state["confirm"][state] = {**best, "candidates": sorted(done[state], key=lambda c: c["start_frame"])}
+            if "frame" in best and state in self.state["ground_states"]:
+                self._record_confirmed(state, best)
             self.ws.log_event("confirmed", state=state, **best)
             self._save("confirm")
+
+    def _record_confirmed(self, state: str, best: dict[str, Any]) -> None:
+        """The ground-state record becomes the confirmed minimum's: its `high` energy and
+        forces, the last committee's prediction there, and the convergence tests on it."""
+        from activedefect import selection
+        from activedefect.committee import Committee
+
+        candidate = GroundStateRecord.from_dict(self.state["ground_states"][state])
+        atoms = self.store.get_frame(best["frame"])
+        paths = [self.ws.model_path(candidate.generation, i) for i in range(self.spec.committee.size)]
+        [prediction] = Committee.load(paths).predict([atoms], head="high")
+        shift = displacement(self.store.get_frame(candidate.frame), atoms)
+        record = GroundStateRecord(
+            defect=candidate.defect, charge=candidate.charge, generation=candidate.generation, frame=int(best["frame"]),
+            seed=best["seed"], predicted_energy_eV=prediction.energy_mean_eV,
+            max_force_spread_eV_A=prediction.max_force_std_eV_A, high_energy_eV=best["final_energy_eV"],
+            high_max_force_eV_A=best["final_max_force_eV_A"], rmsd_to_previous_A=shift.rmsd_A,
+            max_displacement_to_previous_A=shift.max_displacement_A, unfinished_seeds=candidate.unfinished_seeds,
+            exploded_seeds=candidate.exploded_seeds, confirmed_from=best["source"],
+        )
+        assess_confirmed(record, candidate, self.spec.convergence, selection.trust_window(self.spec)[0])
+        self.state["ground_states"][state] = record.as_dict()
+        self.state["history"].append({"state": state, **record.as_dict()})
+
+    def _count_confirm_calls(self, n_labels: int) -> None:
+        """The confirm step's `high` calls so far, against ``budget.confirm_high``."""
+        self.state["confirm_calls"] = self.state.get("confirm_calls", 0) + n_labels
 
     def _relaxation_summary(self, start: Atoms, relaxation: OracleRelaxation) -> dict[str, Any]:
         """Where a confirm relaxation went; steps labelled before are replayed, not recomputed."""
@@ -735,7 +785,9 @@ class Campaign:
             "converged": state.get("stop_reason") == "converged",
             "stop_reason": state.get("stop_reason"),
             "oracle": self.oracle_totals(store),
-            "budget": {"low": self.spec.budget.low, "high": self.spec.budget.high},
+            "budget": {"low": self.spec.budget.low, "high": self.spec.budget.high,
+                       "confirm_high": self.spec.budget.confirm_high},
+            "confirm_calls": state.get("confirm_calls", 0),
             "ground_states": ground_states,
             "confirm": state.get("confirm", {}),
             "wall_s": state.get("wall_s", 0.0),

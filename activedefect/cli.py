@@ -192,7 +192,11 @@ def status(
         return
     console.print(f"{result['name']}: generation {result['generation']}, phase {result['phase']}")
     for fidelity, oracle in result["oracle"].items():
-        console.print(f"  {fidelity}: {oracle['calls']} calls ({oracle['failures']} failed), {oracle['seconds']:.1f} s")
+        budget = result["budget"][fidelity]
+        console.print(f"  {fidelity}: {oracle['calls']} calls of {budget} ({oracle['failures']} failed), "
+                      f"{oracle['seconds']:.1f} s")
+    console.print(f"  confirm: {result['confirm_calls']} high calls of {result['budget']['confirm_high']} "
+                  "(included in the high calls above)")
     console.print(_ground_state_table(result))
 
 

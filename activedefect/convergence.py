@@ -19,7 +19,9 @@ from activedefect.spec import ConvergenceSpec
 
 @dataclass
 class GroundStateRecord:
-    """One charge state's ground-state candidate in one generation."""
+    """One charge state's ground-state candidate in one generation: the committee's, or
+    after the confirm step the confirmed minimum (``confirmed_from`` says where its `high`
+    relaxation started), every number describing that structure."""
 
     defect: str
     charge: int
@@ -34,6 +36,7 @@ class GroundStateRecord:
     max_displacement_to_previous_A: float | None = None
     unfinished_seeds: int = 0
     exploded_seeds: int = 0
+    confirmed_from: str | None = None
     stable_generations: int = 0
     converged: bool = False
     reasons: tuple[str, ...] = ()
@@ -55,11 +58,26 @@ def assess(
     max_spread_default: float,
 ) -> GroundStateRecord:
     """Fill in ``stable_generations``, ``converged`` and the reasons it is not (yet)."""
-    reasons: list[str] = []
     stable = False
     if previous is not None and record.rmsd_to_previous_A is not None:
         stable = record.rmsd_to_previous_A <= spec.rmsd
     record.stable_generations = (previous.stable_generations + 1) if (stable and previous) else 0
+    return _test(record, spec, max_spread_default)
+
+
+def assess_confirmed(
+    record: GroundStateRecord, candidate: GroundStateRecord, spec: ConvergenceSpec, max_spread_default: float
+) -> GroundStateRecord:
+    """The tests for the confirm step's minimum ``record`` (its ``rmsd_to_previous_A`` is
+    the distance to the committee's ``candidate`` it replaces): it inherits the
+    candidate's stability only where the confirm relaxation stayed within ``spec.rmsd``."""
+    near = record.rmsd_to_previous_A is not None and record.rmsd_to_previous_A <= spec.rmsd
+    record.stable_generations = candidate.stable_generations if near else 0
+    return _test(record, spec, max_spread_default)
+
+
+def _test(record: GroundStateRecord, spec: ConvergenceSpec, max_spread_default: float) -> GroundStateRecord:
+    reasons: list[str] = []
     if record.stable_generations < spec.patience:
         reasons.append(f"stable for {record.stable_generations}/{spec.patience} generations")
     if record.high_energy_eV is None:

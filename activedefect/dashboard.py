@@ -50,7 +50,9 @@ def render_page(status: dict[str, Any] | None) -> str:
             f"<td>{oracle['failures']}</td><td>{budget}</td><td>{oracle['seconds']:.1f}</td>"
             f"<td><span class='bar'><div class='fill' style='width:{100 * used:.0f}%'></div></span></td></tr>"
         )
-    parts.append("</table><h2>Ground states</h2><table><tr><th>defect</th><th>charge</th>"
+    parts.append(f"</table><p>confirm step: <b id='calls-confirm'>{status.get('confirm_calls', 0)}</b> of "
+                 f"{status.get('budget', {}).get('confirm_high', 0)} `high` calls (counted in high above)</p>")
+    parts.append("<h2>Ground states</h2><table><tr><th>defect</th><th>charge</th>"
                  "<th>predicted E (eV)</th><th>high E (eV)</th><th>max force spread (eV/Å)</th>"
                  "<th>converged</th></tr>")
     for gs in status["ground_states"]:

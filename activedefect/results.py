@@ -246,9 +246,9 @@ class CampaignResults:
         the lowest `high` energy of the confirm relaxation and the label, else the
         prediction). ``frame`` is the confirmed minimum when the confirm step ran
         (:func:`~activedefect.campaign.ground_state_frames`), ``seed`` the lineage it came
-        from; the committee columns (prediction, spread, convergence) describe the
-        committee's own candidate, and are NaN/False for a state only the confirm step's
-        `low` minima found."""
+        from; the committee columns (prediction, spread, convergence) describe that same
+        structure (after the confirm step, the committee's prediction at the confirmed
+        minimum), and are NaN/False for a state only the confirm step's `low` minima found."""
         minima = self.minima()
         confirm = self.state.get("confirm", {})
         records = self.state.get("ground_states", {})

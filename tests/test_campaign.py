@@ -162,7 +162,14 @@ def test_ground_states_read_back(finished: Path):
         record, confirm = state["ground_states"].get(name), state["confirm"][name]
         candidates = confirm["candidates"]
         committee = [c["start_frame"] for c in candidates if c["source"] == "committee"]
-        assert committee == ([record["frame"]] if record else [])
+        own = [h for h in state["history"] if h["state"] == name and h.get("confirmed_from") is None]
+        assert committee == ([own[-1]["frame"]] if record else [])
+        if record is not None and "frame" in confirm:  # the record describes the confirmed structure
+            assert record["frame"] == confirm["frame"] and record["confirmed_from"] == confirm["source"]
+            assert record["high_energy_eV"] == confirm["final_energy_eV"]
+            assert record["high_max_force_eV_A"] == confirm["final_max_force_eV_A"]
+            assert np.isfinite(record["predicted_energy_eV"]) and record["generation"] == own[-1]["generation"]
+            assert record["converged"] is (not record["reasons"])
         starts = [store.get_frame(c["start_frame"]) for c in candidates]
         assert len({c["start_frame"] for c in candidates}) == len(candidates), "a start relaxed twice"
         assert all(a.info[CHARGE_KEY] == gs["charge"] for a in starts)
@@ -194,6 +201,57 @@ def test_confirm_starts_from_low_minima_where_the_committee_found_no_minimum(fin
         assert low == sorted(low) and len(low) <= 2
     assert all(c["source"] == "committee" for cs in campaign._confirm_starts(ConfirmSpec(low_minima=0)).values()
                for c in cs)
+    campaign._close_store()
+
+
+@pytest.mark.slow
+def test_the_confirm_step_keeps_to_its_budget_and_records_a_crashed_task(finished: Path, tmp_path: Path):
+    """On a copy of the finished campaign, with a real Dask worker: a confirm budget of 3
+    calls per start cuts every relaxation at 3 evaluations; none left skips the step; a
+    confirm task that dies in its worker is a recorded failure, not a stopped campaign."""
+    from distributed import Client, LocalCluster
+
+    from activedefect.tasks import BackendCall
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    campaign = Campaign.open(copy)
+    confirm = ConfirmSpec(fmax=0.001, steps=50, low_minima=1)
+
+    def with_budget(calls: int) -> None:
+        campaign.spec = campaign.spec.model_copy(
+            update={"budget": campaign.spec.budget.model_copy(update={"confirm_high": calls})})
+        campaign.state.update(confirm={}, confirm_calls=0)
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, resources={"label": 1}, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        campaign._client = client
+        with_budget(0)
+        n_starts = sum(len(c) for c in campaign._confirm_starts(confirm).values())
+        assert n_starts >= 2
+        with_budget(3 * n_starts)
+        campaign._confirm(confirm)
+        candidates = [c for done in campaign.state["confirm"].values() for c in done["candidates"]]
+        assert len(candidates) == n_starts and all(c["steps"] <= 3 for c in candidates)
+        assert 0 <= campaign.state["confirm_calls"] <= 3 * n_starts
+
+        with_budget(n_starts - 1)
+        campaign._confirm(confirm)
+        assert campaign.state["confirm"] == {}
+        assert campaign.ws.events()[-1]["event"] == "confirm-skipped"
+
+        with_budget(300)
+        hashes = {f: campaign.settings_hash(f) for f in ("low", "high")}
+        campaign.settings_hash = hashes.__getitem__  # the task dies on the worker, where it builds the backend
+        campaign.backend_call = lambda fidelity: BackendCall("no-such-backend", {}, None, 0)
+        campaign._confirm(confirm)
+    failed = [e for e in campaign.ws.events() if e["event"] == "confirm-failed"]
+    assert len(failed) == n_starts and all("no-such-backend" in e["error"] for e in failed)
+    for name, done in campaign.state["confirm"].items():
+        assert all("error" in c for c in done["candidates"])
+        assert "final_energy_eV" not in done  # nothing relaxed: the state keeps its candidate
+    assert campaign.status()["confirm_calls"] == 0
+    campaign._client = None
     campaign._close_store()
 
 
