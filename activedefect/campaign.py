@@ -483,9 +483,7 @@ class Campaign:
     # --- the end: confirm and write the ground states -----------------------------------
     def _finish(self) -> None:
         """Confirm the ground states with `high` and write them (the loop has stopped)."""
-        if self.state["stop_reason"] == "walltime":  # the allocation is spent: a resume goes on and confirms
-            self.ws.log_event("confirm-deferred", reason="walltime")
-        elif self.spec.convergence.confirm is not None:  # also without any committee minimum: `low` minima
+        if self.spec.convergence.confirm is not None:  # also without any committee minimum: `low` minima
             self._confirm(self.spec.convergence.confirm)
         self._write_ground_states()
 

@@ -171,7 +171,7 @@ class BudgetSpec(_Block):
     low: int = Field(default=2000, ge=0)
     high: int = Field(default=200, ge=0)
     confirm_high: int = Field(
-        default=300, ge=0,
+        default=600, ge=0,
         description="`high` calls the confirm step may make on top of `high`; its relaxations share them evenly",
     )
     generations: int = Field(default=20, ge=1)
