@@ -178,9 +178,13 @@ class Campaign:
                     self._finish()
                     if self.state["stop_reason"] != "converged" or self._stop_reason() == "converged":
                         break
-                    # a confirmed minimum failed the tests the committee's candidate passed: learn on
-                    self.ws.log_event("confirm-not-converged", generation=self.state["generation"])
-                    self.state["stop_reason"] = None
+                    # a confirmed minimum failed the tests its committee candidate passed: learn on,
+                    # unless a limit was reached meanwhile
+                    self.state["stop_reason"] = self._stop_reason()
+                    self.ws.log_event("confirm-not-converged", generation=self.state["generation"],
+                                      then=self.state["stop_reason"])
+                    if self.state["stop_reason"] is not None:
+                        break
                 self._save("stopped")
                 self.ws.log_event("stopped", reason=self.state["stop_reason"])
         except KeyboardInterrupt:
