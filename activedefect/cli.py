@@ -76,9 +76,9 @@ def _ground_state_table(status: dict) -> Table:
 
 
 def _run(campaign, workers: Optional[int], scheduler: Optional[str], dashboard_address: Optional[str]) -> None:  # noqa: ANN001
-    from activedefect.hostcheck import HostUnstableError
-    from activedefect.store import StoreCorruptedError
-    from activedefect.workspace import CampaignLockedError
+    from activedefect.seeds.hostcheck import HostUnstableError
+    from activedefect.store.zarr_store import StoreCorruptedError
+    from activedefect.store.workspace import CampaignLockedError
 
     def announce(handle) -> None:  # noqa: ANN001
         console.print(f"Dask dashboard: [link={handle.dashboard_link}]{handle.dashboard_link}[/link]")
@@ -109,13 +109,13 @@ def start(
     create_only: CreateOnly = False,
 ) -> None:
     """Validate SPEC, create the campaign directory and run the loop to convergence."""
-    from activedefect.campaign import Campaign
-    from activedefect.workspace import CampaignLockedError
+    from activedefect.campaign.loop import Campaign
+    from activedefect.store.workspace import CampaignLockedError
 
     logging.basicConfig(level=logging.WARNING)
     try:
         if dry_run:
-            from activedefect.dryrun import dry_run as run_dry
+            from activedefect.campaign.dryrun import dry_run as run_dry
 
             report = run_dry(spec)
             console.print(report.table())
@@ -138,11 +138,11 @@ def baseline(
     """Relax every seed of SPEC with the `high` backend directly (the brute-force ShakeNBreak
     search); resumable with `campaign resume DIR`. With --create-only, import earlier
     `high` labels first (`campaign import`): its relaxations replay them."""
-    from activedefect.baseline import Baseline
+    from activedefect.campaign.baseline import Baseline
     from activedefect.spec import load_spec
 
     logging.basicConfig(level=logging.WARNING)
-    from activedefect.workspace import CampaignLockedError
+    from activedefect.store.workspace import CampaignLockedError
 
     try:
         run = Baseline.create(spec, dir or Path("runs") / f"{load_spec(spec).name}-baseline")
@@ -166,7 +166,7 @@ def resume(
     dashboard_address: DashboardAddress = None,
 ) -> None:
     """Continue a campaign after a crash, a kill, Ctrl-C or a walltime stop."""
-    from activedefect.campaign import Campaign
+    from activedefect.campaign.loop import Campaign
 
     try:
         campaign = Campaign.open(dir)
@@ -181,7 +181,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Generation, oracle calls and ground states of a campaign (running or not)."""
-    from activedefect.campaign import Campaign
+    from activedefect.campaign.loop import Campaign
 
     try:
         result = Campaign.open(dir).status()
@@ -207,7 +207,7 @@ def import_labels(
     fidelity: str = typer.Option(..., help="fidelity these labels belong to: low or high"),
 ) -> None:
     """Import labelled structures (past DFT work) as labels of FIDELITY."""
-    from activedefect.campaign import Campaign
+    from activedefect.campaign.loop import Campaign
 
     campaign = Campaign.open(dir)
     if fidelity not in campaign.spec.fidelities:
@@ -222,7 +222,7 @@ def export(
     out: Path = typer.Option(..., "--out", help="folder to write to"),
 ) -> None:
     """Write labelled data (extxyz per fidelity), ground states and the final committee."""
-    from activedefect.campaign import Campaign
+    from activedefect.campaign.loop import Campaign
 
     written = Campaign.open(dir).export(out)
     for path in written:
@@ -237,7 +237,7 @@ def compare(
 ) -> None:
     """Check-relax each campaign ground state with `high` and compare with the baseline:
     energies, RMSD, oracle calls and seconds, and their ratios."""
-    from activedefect.bench import compare as run_compare
+    from activedefect.campaign.compare import compare as run_compare
 
     try:
         comparison = run_compare(campaign_dir, baseline_dir)
@@ -255,7 +255,7 @@ def job_scripts(
     out: Optional[Path] = typer.Option(None, "--out", help="write <pool>.sh files here instead of printing"),
 ) -> None:
     """Print (or write) the batch script of each worker pool; nothing is submitted."""
-    from activedefect.jobqueue import job_scripts as scripts_for
+    from activedefect.execution.jobqueue import job_scripts as scripts_for
     from activedefect.spec import load_spec
 
     try:
@@ -279,7 +279,7 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", help="folder (default DIR/report)"),
 ) -> None:
     """Figures (PNG, SVG), their data (JSON), tables and an index.html that opens from disk."""
-    from activedefect.campaign import Campaign
+    from activedefect.campaign.loop import Campaign
 
     try:
         campaign = Campaign.open(dir)

@@ -383,7 +383,7 @@ def parse_spec(data: dict[str, Any], base_dir: Path, source: str = "") -> Campai
 def _resolve_policies(entries: list, base_dir: Path, source: str) -> list:
     """Check every policy now, and inline the ones given as files (relative to the spec),
     so a frozen spec never depends on a file outside its campaign directory."""
-    from activedefect.policies import load_policy, preset_names
+    from activedefect.search.policies import load_policy, preset_names
 
     resolved = []
     for i, entry in enumerate(entries):
@@ -399,7 +399,7 @@ def _resolve_policies(entries: list, base_dir: Path, source: str) -> list:
 
 
 def _check_backends(spec: CampaignSpec, source: str) -> None:
-    from activedefect.backends import BACKENDS
+    from activedefect.oracle.backends import BACKENDS
 
     for fidelity, block in spec.fidelities.items():
         where = f"fidelities.{fidelity}"

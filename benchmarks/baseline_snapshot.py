@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from activedefect.campaign import Campaign
-from activedefect.store import Store
+from activedefect.campaign.loop import Campaign
+from activedefect.store.zarr_store import Store
 
 
 def relaxations(campaign: Campaign, store: Store) -> tuple[list[dict], list[dict]]:

@@ -19,7 +19,7 @@ import time
 
 from ase.build import bulk
 
-from activedefect.backends import get_backend
+from activedefect.oracle.backends import get_backend
 
 SETTINGS = {
     "low": {"method": "GFN1-xTB", "electronic_temperature": 5000.0},

@@ -33,9 +33,9 @@ from ase import Atoms  # noqa: E402
 from ase.build import bulk  # noqa: E402
 from ase.optimize import FIRE  # noqa: E402
 
-from activedefect.explore import RelaxSettings, relax  # noqa: E402
+from activedefect.search.explore import RelaxSettings, relax  # noqa: E402
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, displacement  # noqa: E402
-from activedefect.store import ORIGIN_KEY  # noqa: E402
+from activedefect.store.zarr_store import ORIGIN_KEY  # noqa: E402
 
 
 def sic_vacancy_seeds(n: int) -> list[Atoms]:
@@ -68,8 +68,8 @@ def sic_vacancy_seeds(n: int) -> list[Atoms]:
 
 def untrained_committee(members: int, folder: Path):
     """K randomly initialised members saved as model files and loaded as a Committee."""
-    from activedefect.committee import Committee
-    from activedefect.mace_model import ModelConfig, build_model, save_model_atomic
+    from activedefect.model.committee import Committee
+    from activedefect.model.mace_model import ModelConfig, build_model, save_model_atomic
 
     config = ModelConfig(elements=("Si", "C"), charges=(-1, 0, 1), multiplicities=(1, 2))
     paths = []
@@ -85,7 +85,7 @@ def untrained_committee(members: int, folder: Path):
 
 
 def sequential(seeds: list[Atoms], committee, steps: int) -> list[Atoms]:
-    from activedefect.committee import CommitteeCalculator
+    from activedefect.model.committee import CommitteeCalculator
 
     finals = []
     for seed in seeds:

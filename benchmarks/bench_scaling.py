@@ -21,10 +21,10 @@ import time
 from ase.build import bulk
 from distributed import wait
 
-from activedefect.cluster import open_cluster
+from activedefect.execution.cluster import open_cluster
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY
 from activedefect.spec import ClusterSpec
-from activedefect.tasks import BackendCall, label_frame
+from activedefect.oracle.tasks import BackendCall, label_frame
 
 SETTINGS = {"method": "GFN1-xTB", "electronic_temperature": 1000.0, "max_iterations": 500}
 

@@ -1,4 +1,4 @@
-"""Append and read throughput of activedefect.store for 60-atom frames.
+"""Append and read throughput of activedefect.store.zarr_store for 60-atom frames.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_store.py [--frames 2000] [--batch 50]
 
@@ -17,7 +17,7 @@ import numpy as np
 from ase.build import bulk
 
 from activedefect.labels import LabelResult, settings_hash
-from activedefect.store import Store
+from activedefect.store.zarr_store import Store
 
 
 def make_frames(n: int, seed: int = 0) -> list:

@@ -15,8 +15,8 @@ from ase.build import bulk
 from ase.calculators.calculator import CalculationFailed, Calculator, all_changes
 from ase.optimize import BFGS
 
-from activedefect.backends import BACKENDS, SettingsError, get_backend
-from activedefect.backends.xtb import XtbBackend
+from activedefect.oracle.backends import BACKENDS, SettingsError, get_backend
+from activedefect.oracle.backends.xtb import XtbBackend
 from activedefect.labels import FAILURE_CODES, settings_hash
 
 METADATA_KEYS = {
@@ -300,7 +300,7 @@ def test_backend_arguments_are_checked():
 
 
 def test_xtb_counts_valence_electrons_as_tblite_does():
-    from activedefect.backends.xtb import xtb_valence_electrons
+    from activedefect.oracle.backends.xtb import xtb_valence_electrons
 
     assert [xtb_valence_electrons(z) for z in (1, 6, 14, 30, 31, 48, 52, 80, 82)] == [1, 4, 4, 12, 3, 12, 6, 12, 4]
 
@@ -310,7 +310,7 @@ def test_oracle_relaxation_replays_known_steps_instead_of_recomputing():
     from ase.build import bulk
 
     from activedefect.geometry import content_hash
-    from activedefect.tasks import BackendCall, relax_with_oracle
+    from activedefect.oracle.tasks import BackendCall, relax_with_oracle
 
     atoms = bulk("C", "diamond", a=3.549).repeat((2, 1, 1))
     del atoms[0]

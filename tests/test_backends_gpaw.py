@@ -13,7 +13,7 @@ gpaw = pytest.importorskip("gpaw")
 
 from ase.build import bulk  # noqa: E402
 
-from activedefect.backends import SettingsError, get_backend  # noqa: E402
+from activedefect.oracle.backends import SettingsError, get_backend  # noqa: E402
 
 pytestmark = pytest.mark.gpaw
 

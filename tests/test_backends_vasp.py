@@ -16,8 +16,8 @@ from ase.calculators.calculator import CalculationFailed
 from ase.calculators.lj import LennardJones
 from ase.io import read
 
-from activedefect.backends import SettingsError, get_backend
-from activedefect.backends.vasp import parse_vasprun, read_potcar_header
+from activedefect.oracle.backends import SettingsError, get_backend
+from activedefect.oracle.backends.vasp import parse_vasprun, read_potcar_header
 
 HERE = Path(__file__).parent
 POTCARS = HERE / "data" / "vasp" / "potcars"

@@ -45,13 +45,13 @@ from campaign_support import (
 )
 from typer.testing import CliRunner
 
-from activedefect.campaign import STOP_REASONS, Campaign, ground_state_frames
+from activedefect.campaign.loop import STOP_REASONS, Campaign, ground_state_frames
 from activedefect.cli import app
-from activedefect.defects import bundled_structure
+from activedefect.seeds.defects import bundled_structure
 from activedefect.geometry import CHARGE_KEY
 from activedefect.spec import ConfirmSpec
-from activedefect.store import Store
-from activedefect.workspace import Workspace
+from activedefect.store.zarr_store import Store
+from activedefect.store.workspace import Workspace
 
 
 @pytest.mark.slow
@@ -211,7 +211,7 @@ def test_the_confirm_step_keeps_to_its_budget_and_records_a_crashed_task(finishe
     confirm task that dies in its worker is a recorded failure, not a stopped campaign."""
     from distributed import Client, LocalCluster
 
-    from activedefect.tasks import BackendCall
+    from activedefect.oracle.tasks import BackendCall
 
     copy = tmp_path / "copy"
     shutil.copytree(finished, copy)
@@ -375,7 +375,7 @@ def test_bad_spec_fails_before_any_work(change, words, tmp_path: Path):
 
 
 def test_multiplicity_beyond_xtb_valence_electrons_is_refused(tmp_path: Path):
-    from activedefect.preparation import validate_seeds
+    from activedefect.seeds.preparation import validate_seeds
     from activedefect.spec import SpecError, load_spec
 
     path = write_spec(tmp_path / "bad.yaml", {**SPEC, "multiplicity": {"v_Si_0": 63}})

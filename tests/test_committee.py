@@ -20,7 +20,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.calculator import CalculationFailed
 
-from activedefect.committee import (
+from activedefect.model.committee import (
     REF_ENERGY_KEY,
     REF_FORCES_KEY,
     Committee,
@@ -32,8 +32,8 @@ from activedefect.committee import (
     train_member,
 )
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY
-from activedefect.mace_model import LOSS_WEIGHT_KEY, load_model, model_meta, undo_worker_malloc_trim
-from activedefect.training import emphasize_minima
+from activedefect.model.mace_model import LOSS_WEIGHT_KEY, load_model, model_meta, undo_worker_malloc_trim
+from activedefect.model.training import emphasize_minima
 
 torch.set_num_threads(1)
 
@@ -486,7 +486,7 @@ def test_loss_weight_spends_the_fit_on_the_weighted_frames(generations, dataset,
 def test_training_and_inference_use_the_gpu_where_torch_sees_one(monkeypatch):
     import torch
 
-    from activedefect.mace_model import TrainSettings, resolve_device
+    from activedefect.model.mace_model import TrainSettings, resolve_device
 
     assert TrainSettings().device == "auto"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

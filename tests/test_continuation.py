@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from ase import Atoms
 
-from activedefect.convergence import GroundStateRecord, assess, mark_stale
-from activedefect.explore import CONVERGED, CUT_UNTRUSTED, EXPLODED, MAX_STEPS, RelaxResult
+from activedefect.campaign.convergence import GroundStateRecord, assess, mark_stale
+from activedefect.search.explore import CONVERGED, CUT_UNTRUSTED, EXPLODED, MAX_STEPS, RelaxResult
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY
-from activedefect.selection import Exploration, continued_starts
+from activedefect.search.selection import Exploration, continued_starts
 from activedefect.spec import ConvergenceSpec
-from activedefect.store import ORIGIN_KEY
+from activedefect.store.zarr_store import ORIGIN_KEY
 
 
 def seed(name: str, x: float, charge: int = 0) -> Atoms:

@@ -9,7 +9,7 @@ import pytest
 from ase.io import write
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from activedefect.defects import (
+from activedefect.seeds.defects import (
     DISTORTION_OPTIONS,
     DefectRequest,
     Seed,

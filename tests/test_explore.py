@@ -18,7 +18,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.cluster import Icosahedron
 from ase.optimize import FIRE
 
-from activedefect.explore import (
+from activedefect.search.explore import (
     CONVERGED,
     CUT_UNTRUSTED,
     EXPLODED,
@@ -31,7 +31,7 @@ from activedefect.explore import (
     seed_name,
 )
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, displacement
-from activedefect.store import ORIGIN_KEY
+from activedefect.store.zarr_store import ORIGIN_KEY
 
 LJ13_MINIMUM = -44.326801  # Lennard-Jones 13-atom icosahedron, epsilon = sigma = 1
 #: rattled LJ clusters start high on the repulsive wall (reduced units): no energy limits
@@ -375,7 +375,7 @@ def double_well(k: float, depth: float = 1.0, d: float = 0.6, tilt: float = 0.2)
 
 
 def test_basins_separate_two_minima_and_merge_rattled_copies():
-    from activedefect.basins import basin_of_results, ground_states, group_basins
+    from activedefect.search.basins import basin_of_results, ground_states, group_basins
 
     committee = ToyCommittee([double_well(4.0), double_well(5.0)])
     seeds = [double_well_cell(+0.5, name=f"plus{i}", rattle=0.1, seed=i) for i in range(3)]
@@ -403,7 +403,7 @@ def test_basins_separate_two_minima_and_merge_rattled_copies():
 
 
 def test_symmetry_equivalent_minima_merge_only_on_request():
-    from activedefect.basins import group_basins
+    from activedefect.search.basins import group_basins
 
     committee = ToyCommittee([double_well(4.0, tilt=0.0), double_well(5.0, tilt=0.0)])
     seeds = [double_well_cell(+0.5, name="plus"), double_well_cell(-0.5, name="minus")]
@@ -424,8 +424,8 @@ def mace_committee(tmp_path_factory):
     from ase.build import bulk
     from ase.calculators.emt import EMT
 
-    from activedefect.committee import Committee
-    from activedefect.mace_model import REF_ENERGY_KEY, REF_FORCES_KEY, ModelConfig, TrainSettings, train_member
+    from activedefect.model.committee import Committee
+    from activedefect.model.mace_model import REF_ENERGY_KEY, REF_FORCES_KEY, ModelConfig, TrainSettings, train_member
 
     host = bulk("Cu", "fcc", a=3.6) * (2, 2, 2)
     del host[0]
@@ -453,7 +453,7 @@ def mace_committee(tmp_path_factory):
 
 
 def test_batched_relaxation_matches_ase_fire_with_a_mace_committee(mace_committee):
-    from activedefect.committee import CommitteeCalculator
+    from activedefect.model.committee import CommitteeCalculator
 
     committee, host = mace_committee
     rng = np.random.default_rng(1)
@@ -482,7 +482,7 @@ def test_batched_relaxation_matches_ase_fire_with_a_mace_committee(mace_committe
 def test_shortest_distance_matches_ase_minimum_image():
     from ase.build import bulk
 
-    from activedefect.explore import shortest_distance
+    from activedefect.search.explore import shortest_distance
 
     rng = np.random.default_rng(2)
     for atoms in (bulk("Si", "diamond", a=5.43) * (2, 2, 1), bulk("Mg", "hcp", a=3.2) * (2, 2, 2), lj13(0.1, 0)):

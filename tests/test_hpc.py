@@ -18,12 +18,12 @@ import pytest
 from ase.build import bulk
 from distributed import Client, get_worker
 
-from activedefect.backends import get_backend
-from activedefect.cluster import open_cluster, workers_offering
+from activedefect.oracle.backends import get_backend
+from activedefect.execution.cluster import open_cluster, workers_offering
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY
-from activedefect.jobqueue import job_scripts, worker_command
+from activedefect.execution.jobqueue import job_scripts, worker_command
 from activedefect.spec import ClusterSpec, JobqueueSpec, SpecError, parse_spec
-from activedefect.tasks import BackendCall, label_frame
+from activedefect.oracle.tasks import BackendCall, label_frame
 
 pytest.importorskip("dask_jobqueue", reason="the hpc extra (dask-jobqueue) is not installed")
 

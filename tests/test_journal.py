@@ -9,11 +9,11 @@ import pytest
 from ase.build import bulk
 from campaign_support import KILL_SPEC, SPEC, Driver, run_cli, write_spec
 
-from activedefect import journal
-from activedefect.campaign import Campaign, relax_task_key
+from activedefect.oracle import journal
+from activedefect.campaign.loop import Campaign, relax_task_key
 from activedefect.geometry import content_hash
-from activedefect.store import Store
-from activedefect.tasks import BackendCall, relax_with_oracle
+from activedefect.store.zarr_store import Store
+from activedefect.oracle.tasks import BackendCall, relax_with_oracle
 
 XTB = BackendCall("xtb", {"method": "GFN1-xTB", "electronic_temperature": 1000}, None, 1)
 
@@ -62,7 +62,7 @@ def test_a_campaign_stores_a_dead_relaxations_journal_and_removes_it(tmp_path: P
     """The driver resumes a policy relaxation whose earlier run was killed after two steps:
     those two come from the journal (same labels, same wall time), the rest are computed,
     all are stored once, and the journal is gone."""
-    from activedefect.cluster import open_cluster
+    from activedefect.execution.cluster import open_cluster
 
     campaign = Campaign.create(write_spec(tmp_path / "spec.yaml", KILL_SPEC), tmp_path / "run")
     seed = campaign.store.get_frame(campaign.store.add_frames([vacancy_sic(campaign)])[0])
@@ -87,7 +87,7 @@ def test_a_campaign_stores_a_dead_relaxations_journal_and_removes_it(tmp_path: P
 
 def vacancy_sic(campaign: Campaign):
     """The campaign's first seed, rattled so that a relaxation has steps to take."""
-    from activedefect.preparation import build_campaign_seeds
+    from activedefect.seeds.preparation import build_campaign_seeds
 
     atoms = build_campaign_seeds(campaign.spec)[0].atoms.copy()
     atoms.rattle(0.05, seed=3)

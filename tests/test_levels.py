@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from activedefect import levels
+from activedefect.results import levels
 
 
 def test_level_from_known_energies():

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from ase import Atoms
 
-from activedefect.basins import Basin
-from activedefect.explore import CONVERGED, CUT_UNTRUSTED, Frame, RelaxResult
+from activedefect.search.basins import Basin
+from activedefect.search.explore import CONVERGED, CUT_UNTRUSTED, Frame, RelaxResult
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, content_hash
-from activedefect.policies import (
+from activedefect.search.policies import (
     LabelRequest,
     SelectionContext,
     candidate_table,
@@ -320,7 +320,7 @@ def test_load_policy_by_name_path_and_inline(tmp_path):
 
 
 def test_a_new_policy_is_a_function_and_a_preset(tmp_path, monkeypatch):
-    from activedefect import policies
+    from activedefect.search import policies
 
     monkeypatch.setattr(policies, "_KINDS", dict(policies._KINDS))  # keep the registry clean
 

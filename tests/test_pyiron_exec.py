@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from activedefect.backends import get_backend
-from activedefect.cluster import open_cluster
+from activedefect.oracle.backends import get_backend
+from activedefect.execution.cluster import open_cluster
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY
-from activedefect.pyiron_exec import DATABASE, job_name, open_project, run_label_job
+from activedefect.oracle.pyiron_exec import DATABASE, job_name, open_project, run_label_job
 from activedefect.spec import ClusterSpec
-from activedefect.tasks import BackendCall, label_frame
+from activedefect.oracle.tasks import BackendCall, label_frame
 
 
 def _diamond_vacancy():
@@ -85,7 +85,7 @@ def test_resume_reads_finished_jobs_without_running_them(tmp_path, vacancy, xtb,
 
 def test_unfinished_job_from_a_killed_run_is_run_again(tmp_path, vacancy, xtb):
     root = tmp_path / "pyiron"
-    from activedefect.pyiron_exec import compute_label
+    from activedefect.oracle.pyiron_exec import compute_label
 
     name = job_name(vacancy, 0, 3, xtb.settings_hash)
     job = open_project(root).wrap_python_function(compute_label, "{}", job_name=name, automatically_rename=False)

@@ -21,10 +21,10 @@ import pytest
 import zarr
 from campaign_support import KILL_SPEC, Driver, run_cli, status_json, write_spec
 
-from activedefect.campaign import STOP_REASONS, Campaign
-from activedefect.mace_model import load_model
-from activedefect.store import Store
-from activedefect.workspace import Workspace
+from activedefect.campaign.loop import STOP_REASONS, Campaign
+from activedefect.model.mace_model import load_model
+from activedefect.store.zarr_store import Store
+from activedefect.store.workspace import Workspace
 
 #: The kill-cycle campaign: KILL_SPEC (one charge state, no host check) with shorter
 #: training and relaxations, so ten restarts fit in CI, and a third generation, so the
@@ -220,7 +220,7 @@ def external_cluster():
     import dask
     from distributed import Client, LocalCluster
 
-    from activedefect.cluster import RESOURCES
+    from activedefect.execution.cluster import RESOURCES
 
     with dask.config.set({"distributed.worker.daemon": False}):
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, resources=dict(RESOURCES),
@@ -290,12 +290,12 @@ def test_every_oracle_failure_is_recorded_not_stored_as_data_and_not_retried(tmp
     is not sent again at the same settings — and the good frames around them are labelled."""
     from faulty_oracle import FaultyXTB  # noqa: F401 - the workers import it by name
 
-    from activedefect.cluster import open_cluster
+    from activedefect.execution.cluster import open_cluster
     from activedefect.geometry import content_hash
-    from activedefect.preparation import build_campaign_seeds
+    from activedefect.seeds.preparation import build_campaign_seeds
     from activedefect.spec import FIDELITIES, load_spec
-    from activedefect.store import on_grid
-    from activedefect.training import training_data
+    from activedefect.store.zarr_store import on_grid
+    from activedefect.model.training import training_data
 
     base = load_spec(write_spec(tmp_path / "base.yaml", CYCLE_SPEC))
     frames = []
@@ -356,7 +356,7 @@ def bad_structures(folder: Path) -> dict[str, Path]:
     """Host files no campaign can start from, each written from the bundled 3C-SiC cell."""
     from ase.io import read, write
 
-    from activedefect.defects import bundled_structure
+    from activedefect.seeds.defects import bundled_structure
 
     folder.mkdir(parents=True, exist_ok=True)
     host = read(bundled_structure("SiC_conv"))
@@ -468,7 +468,7 @@ def test_a_campaign_with_a_damaged_store_stops_naming_the_file_and_status_still_
     from typer.testing import CliRunner
 
     from activedefect.cli import app
-    from activedefect.preparation import build_campaign_seeds
+    from activedefect.seeds.preparation import build_campaign_seeds
 
     campaign = Campaign.create(write_spec(tmp_path / "spec.yaml", CYCLE_SPEC), tmp_path / "run")
     campaign.store.add_frames([seed.atoms for seed in build_campaign_seeds(campaign.spec)])

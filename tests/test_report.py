@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from activedefect import report
+from activedefect.results import report
 from activedefect.spec import SpecError, parse_spec
 
 

@@ -12,13 +12,13 @@ from ase import Atoms
 from pymatgen.core import Structure
 from typer.testing import CliRunner
 
-from activedefect.backends.xtb import XtbBackend
-from activedefect.campaign import Campaign
+from activedefect.oracle.backends.xtb import XtbBackend
+from activedefect.campaign.loop import Campaign
 from activedefect.cli import app
-from activedefect.defects import bundled_structure, charged_name
-from activedefect.preparation import host_supercell
-from activedefect.results import local_bonding, root_distortion
-from activedefect.workspace import Workspace
+from activedefect.seeds.defects import bundled_structure, charged_name
+from activedefect.seeds.preparation import host_supercell
+from activedefect.results.campaign_results import local_bonding, root_distortion
+from activedefect.store.workspace import Workspace
 
 
 def test_local_bonding_of_a_known_site():

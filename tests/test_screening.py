@@ -7,8 +7,8 @@ from ase import Atoms
 
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY
 from activedefect.labels import LabelResult
-from activedefect.screening import distinct_low_minima, lineage_minima
-from activedefect.store import Store
+from activedefect.search.screening import distinct_low_minima, lineage_minima
+from activedefect.store.zarr_store import Store
 
 SH = "low-settings"
 

@@ -31,10 +31,10 @@ from ase import Atoms
 from ase.build import bulk
 
 from activedefect.geometry import content_hash
-from activedefect.importers import import_shakenbreak_vasp, parse_defect_folder, read_vasprun_header
+from activedefect.oracle.importers import import_shakenbreak_vasp, parse_defect_folder, read_vasprun_header
 from activedefect.labels import LabelResult, settings_hash
 from activedefect.faults import ENV as KILL_HOOK_ENV
-from activedefect.store import Store, StoreCorruptedError
+from activedefect.store.zarr_store import Store, StoreCorruptedError
 
 SH = settings_hash("xtb", {"method": "GFN1-xTB"})
 FIXTURE = Path(__file__).parent / "data" / "shakenbreak_vasp"

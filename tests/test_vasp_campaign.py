@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from activedefect.backends import get_backend
-from activedefect.preparation import build_campaign_seeds
+from activedefect.oracle.backends import get_backend
+from activedefect.seeds.preparation import build_campaign_seeds
 from activedefect.spec import load_spec
 
 ROOT = Path(__file__).parent.parent
@@ -73,7 +73,7 @@ def test_vasp_inputs_for_a_seed_carry_the_campaigns_settings(spec, seeds, tmp_pa
 
 def test_cluster_block_gives_a_job_script_per_pool(spec):
     pytest.importorskip("dask_jobqueue")
-    from activedefect.jobqueue import job_scripts, worker_command
+    from activedefect.execution.jobqueue import job_scripts, worker_command
 
     scripts = job_scripts(spec.cluster.jobqueue)
     assert "#SBATCH --cpus-per-task=128" in scripts["dft"] and "#SBATCH -A my-project" in scripts["dft"]

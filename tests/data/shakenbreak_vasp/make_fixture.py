@@ -3,7 +3,7 @@
 numbers each file holds. Run ``python tests/data/shakenbreak_vasp/make_fixture.py`` to
 regenerate.
 
-The files hold only what ASE's vasp-xml reader and activedefect.importers read
+The files hold only what ASE's vasp-xml reader and activedefect.oracle.importers read
 (generator, parameters, atominfo, kpoints, initial structure, ionic steps); every
 number is in expected.json so the test checks the importer against it.
 """

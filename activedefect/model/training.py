@@ -1,0 +1,73 @@
+"""From the spec and the store to what committee members train on: the model
+configuration (fixed for the whole campaign so warm starts always match), the optimiser
+settings, and the train / held-out split of every label."""
+
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms
+
+from activedefect.model.committee import ModelConfig, TrainSettings, split_holdout
+from activedefect.geometry import CHARGE_KEY, DEFECT_KEY
+from activedefect.model.mace_model import LOSS_WEIGHT_KEY, REF_ENERGY_KEY
+from activedefect.spec import FIDELITIES, CampaignSpec
+from activedefect.store.zarr_store import Store
+
+
+def committee_config(spec: CampaignSpec, seeds: list[dict], elements: list[str]) -> ModelConfig:
+    """Elements, charge states and heads of the campaign with the spec's architecture.
+
+    ``seeds`` are the campaign's seed records (``defect``, ``charge``, ``multiplicity``)."""
+    model = spec.committee.model
+    multiplicities = sorted({int(s["multiplicity"]) for s in seeds}) if model.spin_embedding else None
+    return ModelConfig(
+        elements=tuple(sorted(set(elements))),
+        charges=tuple(sorted({int(s["charge"]) for s in seeds})),
+        heads=FIDELITIES,
+        multiplicities=tuple(multiplicities) if multiplicities else None,
+        num_channels=model.num_channels,
+        max_L=model.max_L,
+        max_ell=model.max_ell,
+        correlation=model.correlation,
+        num_interactions=model.num_interactions,
+        r_max=model.r_max_A,
+        MLP_irreps=model.mlp_irreps,
+        embedding_dim=model.charge_embedding_dim,
+    )
+
+
+def train_settings(spec: CampaignSpec) -> TrainSettings:
+    return TrainSettings(lr=spec.committee.learning_rate, batch_size=spec.committee.batch_size)
+
+
+def training_data(
+    store: Store, settings_hashes: dict[str, str], valid_fraction: float, minimum_weight: float = 0.0,
+    minimum_window_eV: float = 0.1,
+) -> tuple[dict[str, list[Atoms]], dict[str, list[Atoms]]]:
+    """Every ok label under the current settings, split by content hash into (train,
+    held-out) per head; the same frame is held out in every generation. Frames near
+    each charge state's lowest label carry extra loss weight (:func:`emphasize_minima`)."""
+    train, valid = {}, {}
+    for fidelity in FIDELITIES:
+        frames = store.labelled_atoms(fidelity, settings_hashes[fidelity])
+        emphasize_minima(frames, minimum_weight, minimum_window_eV)
+        train[fidelity], valid[fidelity] = split_holdout(frames, valid_fraction)
+    return train, valid
+
+
+def emphasize_minima(frames: list[Atoms], weight: float, window_eV: float) -> None:
+    """Set each frame's loss weight to ``1 + weight * exp(-ΔE / window_eV)``, ΔE being its
+    energy above the lowest labelled frame of the same defect and charge state.
+
+    The convergence test asks the committee for forces of a few hundredths of an eV/Å at
+    each minimum, far below its error averaged over hot, rattled frames; weighting the
+    labels near the minima (which the loop adds there every generation) spends the
+    model's accuracy where the ground states are decided."""
+    groups: dict[tuple[str, int], list[Atoms]] = {}
+    for atoms in frames:
+        groups.setdefault((str(atoms.info.get(DEFECT_KEY)), int(atoms.info.get(CHARGE_KEY, 0))), []).append(atoms)
+    for members in groups.values():
+        energies = np.array([a.info[REF_ENERGY_KEY] for a in members])
+        boost = weight * np.exp(-(energies - energies.min()) / window_eV)
+        for atoms, extra in zip(members, boost):
+            atoms.info[LOSS_WEIGHT_KEY] = 1.0 + float(extra)
