@@ -77,8 +77,8 @@ def _ground_state_table(status: dict) -> Table:
 
 def _run(campaign, workers: Optional[int], scheduler: Optional[str], dashboard_address: Optional[str]) -> None:  # noqa: ANN001
     from activedefect.seeds.hostcheck import HostUnstableError
-    from activedefect.store.zarr_store import StoreCorruptedError
     from activedefect.store.workspace import CampaignLockedError
+    from activedefect.store.zarr_store import StoreCorruptedError
 
     def announce(handle) -> None:  # noqa: ANN001
         console.print(f"Dask dashboard: [link={handle.dashboard_link}]{handle.dashboard_link}[/link]")

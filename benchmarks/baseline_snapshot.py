@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from activedefect.campaign.loop import Campaign
+from activedefect import Campaign
 from activedefect.store.zarr_store import Store
 
 

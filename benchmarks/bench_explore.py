@@ -33,8 +33,8 @@ from ase import Atoms  # noqa: E402
 from ase.build import bulk  # noqa: E402
 from ase.optimize import FIRE  # noqa: E402
 
-from activedefect.search.explore import RelaxSettings, relax  # noqa: E402
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, displacement  # noqa: E402
+from activedefect.search.explore import RelaxSettings, relax  # noqa: E402
 from activedefect.store.zarr_store import ORIGIN_KEY  # noqa: E402
 
 

@@ -21,10 +21,10 @@ import yaml
 from typer.testing import CliRunner
 
 from activedefect.cli import app
-from activedefect.seeds.defects import bundled_structure
 from activedefect.faults import ENV as KILL_ENV
-from activedefect.store.zarr_store import Store
+from activedefect.seeds.defects import bundled_structure
 from activedefect.store.workspace import Workspace
+from activedefect.store.zarr_store import Store
 
 CLI = [str(Path(sys.executable).with_name("activedefect"))]
 if not Path(CLI[0]).exists():
@@ -86,7 +86,7 @@ def flat(text: str) -> str:
 
 
 #: `Campaign.open(DIR).resume()` from Python, as a notebook user would run it.
-PYTHON_RESUME = [sys.executable, "-c", "import sys; from activedefect.campaign.loop import Campaign; "
+PYTHON_RESUME = [sys.executable, "-c", "import sys; from activedefect import Campaign; "
                  "Campaign.open(sys.argv[1]).resume()"]
 
 

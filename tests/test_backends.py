@@ -15,9 +15,9 @@ from ase.build import bulk
 from ase.calculators.calculator import CalculationFailed, Calculator, all_changes
 from ase.optimize import BFGS
 
+from activedefect.labels import FAILURE_CODES, settings_hash
 from activedefect.oracle.backends import BACKENDS, SettingsError, get_backend
 from activedefect.oracle.backends.xtb import XtbBackend
-from activedefect.labels import FAILURE_CODES, settings_hash
 
 METADATA_KEYS = {
     "backend", "code", "version", "settings", "settings_hash", "wall_s", "retries", "charge", "multiplicity"

@@ -9,12 +9,12 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+from campaign_support import SPEC, run_cli, status_json, write_spec
 
+from activedefect import Campaign
 from activedefect.campaign.compare import FOUND_RMSD_A, FOUND_WITHIN_eV, compare
-from activedefect.campaign.loop import Campaign
 from activedefect.geometry import CHARGE_KEY
 from activedefect.store.zarr_store import Store
-from campaign_support import SPEC, run_cli, status_json, write_spec
 
 pytestmark = pytest.mark.slow
 

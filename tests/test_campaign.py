@@ -45,13 +45,14 @@ from campaign_support import (
 )
 from typer.testing import CliRunner
 
-from activedefect.campaign.loop import STOP_REASONS, Campaign, ground_state_frames
+from activedefect.campaign.loop import STOP_REASONS, Campaign
 from activedefect.cli import app
-from activedefect.seeds.defects import bundled_structure
 from activedefect.geometry import CHARGE_KEY
+from activedefect.results.directory import ground_state_frames
+from activedefect.seeds.defects import bundled_structure
 from activedefect.spec import ConfirmSpec
-from activedefect.store.zarr_store import Store
 from activedefect.store.workspace import Workspace
+from activedefect.store.zarr_store import Store
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.calculator import CalculationFailed
 
+from activedefect.geometry import CHARGE_KEY, SPIN_KEY
 from activedefect.model.committee import (
     REF_ENERGY_KEY,
     REF_FORCES_KEY,
@@ -31,7 +32,6 @@ from activedefect.model.committee import (
     split_holdout,
     train_member,
 )
-from activedefect.geometry import CHARGE_KEY, SPIN_KEY
 from activedefect.model.mace_model import LOSS_WEIGHT_KEY, load_model, model_meta, undo_worker_malloc_trim
 from activedefect.model.training import emphasize_minima
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from ase import Atoms
 
 from activedefect.campaign.convergence import GroundStateRecord, assess, mark_stale
-from activedefect.search.explore import CONVERGED, CUT_UNTRUSTED, EXPLODED, MAX_STEPS, RelaxResult
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY
+from activedefect.search.explore import CONVERGED, CUT_UNTRUSTED, EXPLODED, MAX_STEPS, RelaxResult
 from activedefect.search.selection import Exploration, continued_starts
 from activedefect.spec import ConvergenceSpec
 from activedefect.store.zarr_store import ORIGIN_KEY

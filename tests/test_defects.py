@@ -9,6 +9,7 @@ import pytest
 from ase.io import write
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY
 from activedefect.seeds.defects import (
     DISTORTION_OPTIONS,
     DefectRequest,
@@ -23,7 +24,6 @@ from activedefect.seeds.defects import (
     split_charged_name,
     validate_distortion_options,
 )
-from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY
 
 FCC_2X2X2 = [[0, 1, 1], [1, 0, 1], [1, 1, 0]]  # conventional zincblende -> 16-atom supercell
 OXI = {"Si": 4, "C": -4}

@@ -18,6 +18,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.cluster import Icosahedron
 from ase.optimize import FIRE
 
+from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, displacement
 from activedefect.search.explore import (
     CONVERGED,
     CUT_UNTRUSTED,
@@ -30,7 +31,6 @@ from activedefect.search.explore import (
     relax,
     seed_name,
 )
-from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, displacement
 from activedefect.store.zarr_store import ORIGIN_KEY
 
 LJ13_MINIMUM = -44.326801  # Lennard-Jones 13-atom icosahedron, epsilon = sigma = 1

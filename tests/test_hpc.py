@@ -18,12 +18,12 @@ import pytest
 from ase.build import bulk
 from distributed import Client, get_worker
 
-from activedefect.oracle.backends import get_backend
 from activedefect.execution.cluster import open_cluster, workers_offering
-from activedefect.geometry import CHARGE_KEY, SPIN_KEY
 from activedefect.execution.jobqueue import job_scripts, worker_command
-from activedefect.spec import ClusterSpec, JobqueueSpec, SpecError, parse_spec
+from activedefect.geometry import CHARGE_KEY, SPIN_KEY
+from activedefect.oracle.backends import get_backend
 from activedefect.oracle.tasks import BackendCall, label_frame
+from activedefect.spec import ClusterSpec, JobqueueSpec, SpecError, parse_spec
 
 pytest.importorskip("dask_jobqueue", reason="the hpc extra (dask-jobqueue) is not installed")
 

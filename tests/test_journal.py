@@ -9,11 +9,12 @@ import pytest
 from ase.build import bulk
 from campaign_support import KILL_SPEC, SPEC, Driver, run_cli, write_spec
 
-from activedefect.oracle import journal
-from activedefect.campaign.loop import Campaign, relax_task_key
+from activedefect import Campaign
+from activedefect.campaign.labelling import relax_task_key
 from activedefect.geometry import content_hash
-from activedefect.store.zarr_store import Store
+from activedefect.oracle import journal
 from activedefect.oracle.tasks import BackendCall, relax_with_oracle
+from activedefect.store.zarr_store import Store
 
 XTB = BackendCall("xtb", {"method": "GFN1-xTB", "electronic_temperature": 1000}, None, 1)
 

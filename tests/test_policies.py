@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from ase import Atoms
 
+from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, content_hash
 from activedefect.search.basins import Basin
 from activedefect.search.explore import CONVERGED, CUT_UNTRUSTED, Frame, RelaxResult
-from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, content_hash
 from activedefect.search.policies import (
     LabelRequest,
     SelectionContext,

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from activedefect.oracle.backends import get_backend
 from activedefect.execution.cluster import open_cluster
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY
+from activedefect.oracle.backends import get_backend
 from activedefect.oracle.pyiron_exec import DATABASE, job_name, open_project, run_label_job
-from activedefect.spec import ClusterSpec
 from activedefect.oracle.tasks import BackendCall, label_frame
+from activedefect.spec import ClusterSpec
 
 
 def _diamond_vacancy():

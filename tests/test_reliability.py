@@ -23,8 +23,8 @@ from campaign_support import KILL_SPEC, Driver, run_cli, status_json, write_spec
 
 from activedefect.campaign.loop import STOP_REASONS, Campaign
 from activedefect.model.mace_model import load_model
-from activedefect.store.zarr_store import Store
 from activedefect.store.workspace import Workspace
+from activedefect.store.zarr_store import Store
 
 #: The kill-cycle campaign: KILL_SPEC (one charge state, no host check) with shorter
 #: training and relaxations, so ten restarts fit in CI, and a third generation, so the
@@ -292,10 +292,10 @@ def test_every_oracle_failure_is_recorded_not_stored_as_data_and_not_retried(tmp
 
     from activedefect.execution.cluster import open_cluster
     from activedefect.geometry import content_hash
+    from activedefect.model.training import training_data
     from activedefect.seeds.preparation import build_campaign_seeds
     from activedefect.spec import FIDELITIES, load_spec
     from activedefect.store.zarr_store import on_grid
-    from activedefect.model.training import training_data
 
     base = load_spec(write_spec(tmp_path / "base.yaml", CYCLE_SPEC))
     frames = []

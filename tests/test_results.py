@@ -12,12 +12,12 @@ from ase import Atoms
 from pymatgen.core import Structure
 from typer.testing import CliRunner
 
-from activedefect.oracle.backends.xtb import XtbBackend
-from activedefect.campaign.loop import Campaign
+from activedefect import Campaign
 from activedefect.cli import app
+from activedefect.oracle.backends.xtb import XtbBackend
+from activedefect.results.campaign_results import local_bonding, root_distortion
 from activedefect.seeds.defects import bundled_structure, charged_name
 from activedefect.seeds.preparation import host_supercell
-from activedefect.results.campaign_results import local_bonding, root_distortion
 from activedefect.store.workspace import Workspace
 
 

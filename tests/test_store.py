@@ -23,17 +23,16 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import ase.io
-from ase import units
 import numpy as np
 import pytest
 import zarr
-from ase import Atoms
+from ase import Atoms, units
 from ase.build import bulk
 
-from activedefect.geometry import content_hash
-from activedefect.oracle.importers import import_shakenbreak_vasp, parse_defect_folder, read_vasprun_header
-from activedefect.labels import LabelResult, settings_hash
 from activedefect.faults import ENV as KILL_HOOK_ENV
+from activedefect.geometry import content_hash
+from activedefect.labels import LabelResult, settings_hash
+from activedefect.oracle.importers import import_shakenbreak_vasp, parse_defect_folder, read_vasprun_header
 from activedefect.store.zarr_store import Store, StoreCorruptedError
 
 SH = settings_hash("xtb", {"method": "GFN1-xTB"})

@@ -4,6 +4,7 @@ campaign with its baseline.
 
 May import: every other stage; nothing below imports it."""
 
+from activedefect.campaign.baseline import Baseline  # registers the baseline mode with Campaign.open
 from activedefect.campaign.loop import Campaign
 
-__all__ = ["Campaign"]
+__all__ = ["Baseline", "Campaign"]

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from activedefect.campaign.loop import Campaign
 from activedefect.campaign.convergence import GroundStateRecord
+from activedefect.campaign.loop import Campaign
 from activedefect.seeds.defects import charged_name
 from activedefect.spec import ConfirmSpec
 

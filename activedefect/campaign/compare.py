@@ -19,9 +19,9 @@ from ase.io import read
 
 from activedefect.campaign.baseline import Baseline
 from activedefect.campaign.loop import Campaign
-from activedefect.seeds.defects import charged_name
 from activedefect.geometry import displacement
 from activedefect.oracle.tasks import relax_with_oracle
+from activedefect.seeds.defects import charged_name
 
 #: A campaign ground state counts as found when its checked energy is at most this
 #: much above the baseline's and it sits this close to its checked relaxation.

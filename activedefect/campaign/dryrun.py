@@ -9,11 +9,11 @@ from pathlib import Path
 
 from rich.table import Table
 
+from activedefect.oracle.tasks import BackendCall
 from activedefect.seeds.defects import charged_name
 from activedefect.seeds.hostcheck import HostCheckResult
 from activedefect.seeds.preparation import host_check_task, validate_seeds
 from activedefect.spec import FIDELITIES, load_spec
-from activedefect.oracle.tasks import BackendCall
 
 
 @dataclass

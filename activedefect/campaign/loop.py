@@ -10,38 +10,32 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-from ase import Atoms
 from distributed import Client, as_completed
 
 from activedefect import faults
-
-from activedefect.oracle import journal
+from activedefect.campaign.confirm import ConfirmStep
+from activedefect.campaign.convergence import GroundStateRecord, assess, mark_stale
+from activedefect.campaign.labelling import LabellingStep
 from activedefect.execution.cluster import open_cluster
-from activedefect.campaign.convergence import GroundStateRecord, assess, assess_confirmed, mark_stale
 from activedefect.execution.dashboard import METADATA_KEY, serve_from_driver
-from activedefect.search.explore import EXPLODED
-from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, displacement
-from activedefect.labels import LabelResult
 from activedefect.execution.reporting import LogReporter, Reporter
-from activedefect.spec import FIDELITIES, CampaignSpec, ConfirmSpec, load_spec
-from activedefect.store.zarr_store import Store
-from activedefect.oracle.tasks import (
-    BackendCall,
-    OracleRelaxation,
-    label_frame,
-    relax_with_oracle,
-    shared_data,
-    train_member_task,
-)
+from activedefect.geometry import displacement
+from activedefect.model.training import train_member_task
+from activedefect.oracle.tasks import shared_data
+from activedefect.results.directory import CampaignDirectory
+from activedefect.search import selection
+from activedefect.search.explore import EXPLODED
+from activedefect.spec import FIDELITIES, CampaignSpec, load_spec
 from activedefect.store.workspace import Workspace
+from activedefect.store.zarr_store import Store
 
 STOP_REASONS = ("converged", "budget_low", "budget_high", "max_generations", "walltime", "error")
 
 
-class Campaign:
+class Campaign(CampaignDirectory, LabellingStep, ConfirmStep):
     """A campaign directory and the loop that fills it.
 
     >>> campaign = Campaign.create("campaigns/quickstart.yaml", "runs/quickstart")  # doctest: +SKIP
@@ -49,13 +43,16 @@ class Campaign:
     >>> Campaign.open("runs/quickstart").resume()                                   # doctest: +SKIP
     """
 
-    #: What the directory holds: ``"campaign"`` (active learning) or ``"baseline"`` (the
-    #: brute-force reference of :mod:`activedefect.campaign.baseline`); kept in ``state.json``.
-    mode = "campaign"
+    #: Driver class per ``mode`` (a subclass registers itself), so :meth:`open` returns a
+    #: baseline directory's :class:`~activedefect.campaign.baseline.Baseline`.
+    kinds: ClassVar[dict[str, type["Campaign"]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Campaign.kinds[cls.mode] = cls
 
     def __init__(self, workspace: Workspace, spec: CampaignSpec):
-        self.ws = workspace
-        self.spec = spec
+        super().__init__(workspace, spec)
         self.state: dict[str, Any] = workspace.read_state() or self._initial_state()
         self._store: Store | None = None
         self._client: Client | None = None
@@ -86,9 +83,7 @@ class Campaign:
     def open(cls, directory: str | Path) -> "Campaign":
         """The campaign (or baseline) in ``directory``, as it was left."""
         workspace = Workspace(directory)
-        from activedefect.campaign.baseline import Baseline
-
-        kind = Baseline if workspace.read_state().get("mode") == Baseline.mode else Campaign
+        kind = Campaign.kinds.get(workspace.read_state().get("mode"), Campaign)
         return kind(workspace, workspace.load_spec())
 
     def _initial_state(self) -> dict[str, Any]:
@@ -121,20 +116,11 @@ class Campaign:
             self._store = None
 
     def _read_store(self) -> Store | None:
-        if self._store is not None:
-            return self._store
-        try:
-            return Store.open(self.ws.store_path, mode="r")
-        except FileNotFoundError:  # not created yet, or being created by the driver right now
-            return None
+        return self._store if self._store is not None else super()._read_store()
 
-    def backend_call(self, fidelity: str) -> BackendCall:
-        block = self.spec.fidelities[fidelity]
-        pyiron_root = str(self.ws.pyiron_dir) if block.executor == "pyiron" else None
-        return BackendCall(block.backend, dict(block.settings), block.timeout_s, block.retry.attempts, pyiron_root)
-
-    def settings_hash(self, fidelity: str) -> str:
-        return self.backend_call(fidelity).build().settings_hash
+    def current_state(self) -> dict[str, Any]:
+        """While the loop runs, the state in memory (newer than ``state.json`` between saves)."""
+        return self.state if self._client is not None else super().current_state()
 
     # --- the loop -----------------------------------------------------------------------
     def run(
@@ -273,22 +259,29 @@ class Campaign:
 
     # --- one generation -------------------------------------------------------------------
     def _run_generation(self, generation: int) -> None:
-        from activedefect.search import selection
-
         self.reporter.message(f"generation {generation}")
         gen_dir = self.ws.generation_dir(generation)
+        context = self._generation_context()
         if generation == 0:
             exploration = None
-            requests = selection.cached_or_select(self, generation, exploration=None)
+            requests = selection.cached_or_select(context, generation, exploration=None)
         else:
             model_paths = self._train(generation)
-            exploration = selection.cached_or_explore(self, generation, model_paths)
-            requests = selection.cached_or_select(self, generation, exploration=exploration)
+            exploration = selection.cached_or_explore(context, generation, model_paths)
+            requests = selection.cached_or_select(context, generation, exploration=exploration)
         self._label(requests, generation)
         if exploration is not None:
             self._assess(generation, exploration)
         self.state["generation"] = generation
         self.ws.log_event("generation", generation=generation, labels=len(requests), dir=str(gen_dir))
+
+    def _generation_context(self) -> selection.GenerationContext:
+        return selection.GenerationContext(
+            ws=self.ws, spec=self.spec, store=self.store, state=self.state, client=self._client,
+            reporter=self.reporter, save_phase=self._save,
+            settings_hashes={f: self.settings_hash(f) for f in FIDELITIES},
+            oracle_calls={f: int(t["calls"]) for f, t in self.oracle_totals().items()},
+        )
 
     def _train(self, generation: int) -> list[Path]:
         """Train (or warm-start) every committee member not yet written for this generation."""
@@ -342,92 +335,10 @@ class Campaign:
                                     "n_valid": {h: len(a) for h, a in valid.items()}, **metrics})
         return paths
 
-    def _label(self, requests: list[dict[str, Any]], generation: int) -> None:
-        """Label what is not labelled yet; each result is stored as it arrives. Requests
-        with ``relax_steps`` > 0 are short oracle relaxations from the frame. The
-        `labelling` event records what is sent to the oracle (a resume sends only the rest)."""
-        hashes = {f: self.settings_hash(f) for f in FIDELITIES}
-        done_relaxations = set(self.state.setdefault("relaxations", []))
-        singles = [
-            r for r in requests if not r.get("relax_steps")
-            and not self.store.has_label(r["fidelity"], r["frame"], hashes[r["fidelity"]])
-            and self.store.failed_attempts(r["fidelity"], r["frame"], hashes[r["fidelity"]]) == 0
-        ]
-        relaxations = [r for r in requests if r.get("relax_steps") and _relax_key(r) not in done_relaxations]
-        if not singles and not relaxations:
-            return
-        self._save("label")
-        self.ws.log_event("labelling", generation=generation, singles=len(singles), relaxations=len(relaxations))
-        self.reporter.start("labelling", len(singles) + len(relaxations))
-        calls = {f: self._share(self.backend_call(f)) for f in FIDELITIES}
-        futures = {}
-        for request in singles:
-            fidelity = request["fidelity"]
-            futures[self._client.submit(
-                label_frame, calls[fidelity], self.store.get_frame(request["frame"]), resources={"label": 1},
-                pure=False, key=f"label-{fidelity}-{request['frame']}-{hashes[fidelity]}",
-            )] = request
-        known = {f: self._share(self._known_labels(f))
-                 for f in {r["fidelity"] for r in relaxations}}
-        for request in relaxations:
-            fidelity = request["fidelity"]
-            key = relax_task_key(request, hashes[fidelity])
-            futures[self._client.submit(
-                relax_with_oracle, calls[fidelity], self.store.get_frame(request["frame"]),
-                request["relax_fmax_eV_A"], request["relax_steps"], known[fidelity], self._journal(key),
-                resources={"label": 1}, pure=False, key=key,
-            )] = request
-        for future in as_completed(futures):
-            request = futures[future]
-            fidelity = request["fidelity"]
-            try:
-                outcome = future.result()
-            except Exception as error:  # noqa: BLE001 - e.g. a worker lost too often
-                outcome = LabelResult.failure("crashed", hashes[fidelity], f"task failed: {error}")
-            if request.get("relax_steps"):
-                start = self.store.get_frame(request["frame"])
-                if isinstance(outcome, OracleRelaxation):
-                    self._store_relaxation(fidelity, start, outcome.new, future.key)
-                    ok = [frame for frame, result in outcome.path if result.ok]
-                    if ok:  # where the oracle left off: a cut committee relaxation goes on from there
-                        ends = self.state.setdefault("relaxation_ends", {})
-                        ends[_relax_key(request)] = self.store.find_frame(ok[-1])
-                else:  # the task died, but the steps it had computed are paid for
-                    self._store_relaxation(fidelity, start, journal.load(self._journal(future.key)), future.key)
-                self.state["relaxations"].append(_relax_key(request))
-                self._write_state()
-            else:
-                self.store.add_labels(fidelity, [(request["frame"], outcome)])
-            faults.crash_point("label")
-            self.reporter.advance()
-            self._publish()
-
-    def _journal(self, task_key: str) -> str:
-        """Where the oracle relaxation run as ``task_key`` writes its steps as they come
-        (:mod:`activedefect.oracle.journal`): a killed run's steps are replayed, not recomputed."""
-        return str(journal.journal_path(self.ws.journal_dir, task_key))
-
-    def _store_relaxation(self, fidelity: str, start: Atoms, evaluated: list[tuple[Atoms, LabelResult]],
-                          task_key: str) -> int:
-        """Frames and labels of an oracle relaxation from ``start``; steps keep its origin.
-        Once they are stored, the relaxation's journal has served its purpose. Returns
-        how many labels were new to the store."""
-        settings_hash = self.settings_hash(fidelity)
-        origin = dict(start.info.get("origin") or {})
-        added = 0
-        for step, (frame, result) in enumerate(evaluated):
-            frame.info["origin"] = {**origin, "step": step}
-            [index] = self.store.add_frames([frame])
-            if not self.store.has_label(fidelity, index, settings_hash):
-                self.store.add_labels(fidelity, [(index, result)])
-                added += 1
-        Path(self._journal(task_key)).unlink(missing_ok=True)
-        return added
 
     # --- convergence ------------------------------------------------------------------
     def _assess(self, generation: int, exploration) -> None:  # noqa: ANN001
         """Record each charge state's ground-state candidate and whether it converged."""
-        from activedefect.search import selection
         from activedefect.seeds.defects import charged_name
 
         high_hash = self.settings_hash("high")
@@ -487,174 +398,6 @@ class Campaign:
         return len({(s["defect"], s["charge"]) for s in self.state["seeds"]})
 
     # --- the end: confirm and write the ground states -----------------------------------
-    def _finish(self) -> None:
-        """Confirm the ground states with `high` and write them (the loop has stopped)."""
-        if self.spec.convergence.confirm is not None:  # also without any committee minimum: `low` minima
-            self._confirm(self.spec.convergence.confirm)
-        self._write_ground_states()
-
-    def _confirm_starts(self, confirm: ConfirmSpec) -> dict[str, list[dict[str, Any]]]:
-        """Per unconfirmed charge state, where its `high` relaxations start: the committee's
-        ground state where it has one, then the lowest distinct `low` minima
-        (:mod:`activedefect.search.screening`) — a state whose committee relaxations all stopped
-        short is confirmed from its `low` minima alone."""
-        from activedefect.search import screening
-        from activedefect.seeds.defects import charged_name
-
-        minima = screening.lineage_minima(self.store, self.settings_hash("low")) if confirm.low_minima else {}
-        starts = {}
-        for defect, charge in sorted({(s["defect"], s["charge"]) for s in self.state["seeds"]}):
-            state = charged_name(defect, charge)
-            if state in self.state["confirm"]:
-                continue
-            record = self.state["ground_states"].get(state)
-            committee = [{"source": "committee", "start_frame": int(record["frame"]), "seed": record["seed"]}
-                         ] if record else []
-            others = screening.distinct_low_minima(
-                self.store, minima.get((defect, int(charge)), []), confirm.low_minima,
-                exclude_frames=[c["start_frame"] for c in committee],
-            )
-            candidates = committee + [
-                {"source": "low minimum", "start_frame": m.frame, "seed": m.seed, "low_energy_eV": m.low_energy_eV}
-                for m in others
-            ]
-            if candidates:
-                starts[state] = candidates
-        return starts
-
-    def _confirm(self, confirm: ConfirmSpec) -> None:
-        """Relax each ground-state candidate with `high` (:meth:`_confirm_starts`); the
-        lowest final energy is the confirmed ground state. Every call is stored as a
-        `high` label, so it counts in the oracle totals and feeds later training; a
-        resume replays the steps already labelled."""
-        starts = self._confirm_starts(confirm)
-        if not starts:
-            return
-        n_starts = sum(len(s) for s in starts.values())
-        calls_each = (self.spec.budget.confirm_high - self.state.get("confirm_calls", 0)) // n_starts
-        if calls_each < 1:
-            self.ws.log_event("confirm-skipped", reason="budget.confirm_high spent", starts=n_starts)
-            self.reporter.message(f"confirm skipped: budget.confirm_high ({self.spec.budget.confirm_high}) spent")
-            return
-        steps = min(confirm.steps, calls_each - 1)  # FIRE evaluates the start and then once per step
-        self._save("confirm")
-        self.reporter.start("confirm (high-fidelity relaxations)", n_starts)
-        call = self.backend_call("high")
-        known = self._share(self._known_labels("high"))
-        high_hash = self.settings_hash("high")
-        futures = {}
-        for state, candidates in starts.items():
-            for candidate in candidates:
-                atoms = self.store.get_frame(candidate["start_frame"])
-                atoms.info["origin"] = {"seed": candidate["seed"], "generation": self.state["generation"],
-                                        "trajectory": -1, "step": 0}
-                key = f"confirm-{state}-{candidate['start_frame']}-{high_hash}"  # a journal per level of theory
-                futures[self._client.submit(
-                    relax_with_oracle, call, atoms, confirm.fmax, steps, known, self._journal(key),
-                    resources={"label": 1}, pure=False, key=key,
-                )] = (state, candidate, atoms)
-        done: dict[str, list[dict[str, Any]]] = {state: [] for state in starts}
-        for future in as_completed(futures):
-            state, candidate, start = futures[future]
-            try:
-                relaxation = future.result()
-            except Exception as error:  # noqa: BLE001 - e.g. a worker lost too often: a failed start, not a stop
-                self._count_confirm_calls(
-                    self._store_relaxation("high", start, journal.load(self._journal(future.key)), future.key))
-                failure = f"task failed: {type(error).__name__}: {error}"
-                done[state].append({**candidate, "error": failure})
-                self.ws.log_event("confirm-failed", state=state, start_frame=candidate["start_frame"], error=failure)
-            else:
-                self._count_confirm_calls(self._store_relaxation("high", start, relaxation.new, future.key))
-                done[state].append({**candidate, **self._relaxation_summary(start, relaxation)})
-            self.reporter.advance()
-            if len(done[state]) < len(starts[state]):
-                continue
-            relaxed = [c for c in done[state] if "final_energy_eV" in c]
-            # none relaxed (every start failed): the committee's candidate stays the ground state
-            best = min(relaxed, key=lambda c: c["final_energy_eV"]) if relaxed else starts[state][0]
-            self.state["confirm"][state] = {**best, "candidates": sorted(done[state], key=lambda c: c["start_frame"])}
-            if "frame" in best and state in self.state["ground_states"]:
-                self._record_confirmed(state, best)
-            self.ws.log_event("confirmed", state=state, **best)
-            self._save("confirm")
-
-    def _record_confirmed(self, state: str, best: dict[str, Any]) -> None:
-        """The ground-state record becomes the confirmed minimum's: its `high` energy and
-        forces, the last committee's prediction there, and the convergence tests on it."""
-        from activedefect.search import selection
-        from activedefect.model.committee import Committee
-
-        candidate = GroundStateRecord.from_dict(self.state["ground_states"][state])
-        atoms = self.store.get_frame(best["frame"])
-        paths = [self.ws.model_path(candidate.generation, i) for i in range(self.spec.committee.size)]
-        [prediction] = Committee.load(paths).predict([atoms], head="high")
-        shift = displacement(self.store.get_frame(candidate.frame), atoms)
-        record = GroundStateRecord(
-            defect=candidate.defect, charge=candidate.charge, generation=candidate.generation, frame=int(best["frame"]),
-            seed=best["seed"], predicted_energy_eV=prediction.energy_mean_eV,
-            max_force_spread_eV_A=prediction.max_force_std_eV_A, high_energy_eV=best["final_energy_eV"],
-            high_max_force_eV_A=best["final_max_force_eV_A"], rmsd_to_previous_A=shift.rmsd_A,
-            max_displacement_to_previous_A=shift.max_displacement_A, unfinished_seeds=candidate.unfinished_seeds,
-            exploded_seeds=candidate.exploded_seeds, confirmed_from=best["source"],
-        )
-        assess_confirmed(record, candidate, self.spec.convergence, selection.trust_window(self.spec)[0])
-        self.state["ground_states"][state] = record.as_dict()
-        self.state["history"].append({"state": state, **record.as_dict()})
-
-    def _count_confirm_calls(self, n_labels: int) -> None:
-        """The confirm step's `high` calls so far, against ``budget.confirm_high``."""
-        self.state["confirm_calls"] = self.state.get("confirm_calls", 0) + n_labels
-
-    def _relaxation_summary(self, start: Atoms, relaxation: OracleRelaxation) -> dict[str, Any]:
-        """Where a confirm relaxation went; steps labelled before are replayed, not recomputed."""
-        summary: dict[str, Any] = {"steps": len(relaxation.path), "new_calls": len(relaxation.new)}
-        ok = [(f, r) for f, r in relaxation.path if r.ok]
-        if ok:
-            final, final_label = ok[-1]
-            shift = displacement(start, final)
-            summary.update(
-                rmsd_A=shift.rmsd_A, max_displacement_A=shift.max_displacement_A,
-                start_energy_eV=ok[0][1].energy_eV, final_energy_eV=final_label.energy_eV,
-                final_max_force_eV_A=float(np.linalg.norm(final_label.forces_eV_A, axis=1).max()),
-                frame=self.store.find_frame(final),
-            )
-        return summary
-
-    def _known_labels(self, fidelity: str) -> dict[str, LabelResult]:
-        """Every ok label of ``fidelity`` under its current settings, by frame hash, so a
-        resumed oracle relaxation replays its finished steps instead of recomputing them."""
-        settings_hash = self.settings_hash(fidelity)
-        labels = self.store.label_table(fidelity)
-        hashes = self.store.frame_table()["hash"]
-        known = {}
-        for row in labels.index[(labels["status"] == "ok") & (labels["settings_hash"] == settings_hash)]:
-            known[hashes.iloc[int(labels.loc[row, "frame"])]] = LabelResult(
-                status="ok", settings_hash=settings_hash, energy_eV=float(labels.loc[row, "energy_eV"]),
-                forces_eV_A=self.store.label_forces(fidelity, row),
-            )
-        return known
-
-    def _write_ground_states(self) -> None:
-        """``ground_states/<state>.extxyz`` and ``.vasp`` of every state with a ground state
-        (:func:`ground_state_frames`)."""
-        from ase.io import write
-
-        self.ws.ground_states_dir.mkdir(exist_ok=True)
-        records, confirmed = self.state["ground_states"], self.state.get("confirm", {})
-        for state, frame in ground_state_frames(self.state).items():
-            atoms = self.store.get_frame(frame)
-            record, confirm = records.get(state), confirmed.get(state, {})
-            atoms.info = {CHARGE_KEY: int(atoms.info[CHARGE_KEY]), "total_spin": atoms.info["total_spin"],
-                          DEFECT_KEY: atoms.info[DEFECT_KEY], "seed": confirm.get("seed") or record["seed"],
-                          "generation": record["generation"] if record else self.state["generation"]}
-            if "frame" in confirm:
-                atoms.info.update(high_energy_eV=confirm["final_energy_eV"],
-                                  confirmed_from=confirm.get("source", "committee"))
-            else:
-                atoms.info["predicted_energy_eV"] = record["predicted_energy_eV"]
-            write(self.ws.ground_states_dir / f"{state}.extxyz", atoms, format="extxyz")
-            write(self.ws.ground_states_dir / f"{state}.vasp", atoms, format="vasp", direct=True, sort=False)
 
     # --- data in and out ------------------------------------------------------------------
     def import_labels(self, source: str | Path, fidelity: str) -> int:
@@ -738,101 +481,3 @@ class Campaign:
         return write_report(self.results(), Path(out) if out is not None else None)
 
     # --- what users read ------------------------------------------------------------------
-    def oracle_totals(self, store: Store | None = None) -> dict[str, dict[str, float]]:
-        """Backend calculations actually run per fidelity (failures and retries included)
-        and their summed wall seconds, from the store (the single source of truth)."""
-        store = store or self._read_store()
-        totals = {}
-        for fidelity in FIDELITIES:
-            table = store.label_table(fidelity) if store is not None else None
-            if table is None or not len(table):
-                totals[fidelity] = {"calls": 0, "failures": 0, "seconds": 0.0}
-                continue
-            retries = sum(int(m.get("retries", 0)) for m in table["metadata"])
-            totals[fidelity] = {
-                "calls": int(len(table) + retries),
-                "failures": int((table["status"] != "ok").sum()),
-                "seconds": float(table["wall_s"].sum()),
-            }
-        return totals
-
-    def status(self) -> dict[str, Any]:
-        """The object `activedefect campaign status --json` prints."""
-        state = self.ws.read_state() if self._client is None else self.state
-        from activedefect.seeds.defects import charged_name
-
-        ground_states = []
-        recorded = state.get("ground_states", {})
-        confirmed = state.get("confirm", {})
-        frames = ground_state_frames(state)
-        store = self._read_store()
-        high_energies = self._high_energies(store, list(frames.values()))
-        for defect, charge in sorted({(s["defect"], s["charge"]) for s in state.get("seeds", [])}):
-            name = charged_name(defect, charge)
-            record = recorded.get(name)
-            path = self.ws.ground_states_dir / f"{name}.extxyz"
-            ground_states.append({
-                "defect": defect,
-                "charge": charge,
-                "converged": bool(record and record["converged"]),
-                "seed": confirmed.get(name, {}).get("seed") or (record["seed"] if record else None),
-                "predicted_energy_eV": record["predicted_energy_eV"] if record else None,
-                "high_energy_eV": high_energies.get(frames[name]) if name in frames else None,
-                "max_force_spread_eV_A": record["max_force_spread_eV_A"] if record else None,
-                "structure": str(path.relative_to(self.ws.root)) if path.exists() else None,
-            })
-        return {
-            "name": self.spec.name,
-            "mode": self.mode,
-            "generation": state.get("generation", -1),
-            "phase": state.get("phase"),
-            "converged": state.get("stop_reason") == "converged",
-            "stop_reason": state.get("stop_reason"),
-            "oracle": self.oracle_totals(store),
-            "budget": {"low": self.spec.budget.low, "high": self.spec.budget.high,
-                       "confirm_high": self.spec.budget.confirm_high},
-            "confirm_calls": state.get("confirm_calls", 0),
-            "ground_states": ground_states,
-            "confirm": state.get("confirm", {}),
-            "wall_s": state.get("wall_s", 0.0),
-        }
-
-    def _high_energies(self, store: Store | None, frames: list[int]) -> dict[int, float]:
-        """Energy of the ok `high` label (current settings) of each of ``frames`` that has
-        one — from the store, so a label the confirm step added after the last assessment
-        counts too."""
-        if store is None or not frames:
-            return {}
-        settings_hash = self.settings_hash("high")
-        rows = {f: store.label_row("high", f, settings_hash) for f in frames}
-        if all(row is None for row in rows.values()):
-            return {}
-        energies = store.label_table("high")["energy_eV"]
-        return {f: float(energies.loc[row]) for f, row in rows.items() if row is not None}
-
-    def _status_with_history(self) -> dict[str, Any]:
-        status = self.status()
-        status["history"] = [
-            {k: row.get(k) for k in ("generation", "state", "predicted_energy_eV", "max_force_spread_eV_A",
-                                      "rmsd_to_previous_A", "converged")}
-            for row in self.state.get("history", [])
-        ]
-        return status
-
-
-def ground_state_frames(state: dict[str, Any]) -> dict[str, int]:
-    """Per charge state (of a campaign's ``state.json``), the frame its ground state is:
-    the end of the lowest confirm relaxation, else the committee's candidate."""
-    confirmed = state.get("confirm", {})
-    frames = {name: int(record["frame"]) for name, record in state.get("ground_states", {}).items()}
-    frames.update({name: int(c["frame"]) for name, c in confirmed.items() if c.get("frame") is not None})
-    return dict(sorted(frames.items()))
-
-
-def _relax_key(request: dict[str, Any]) -> str:
-    return f"{request['fidelity']}:{request['frame']}"
-
-
-def relax_task_key(request: dict[str, Any], settings_hash: str) -> str:
-    """The Dask key, and journal name, of a policy's oracle relaxation: the same on a resume."""
-    return f"relax-{_relax_key(request)}-{settings_hash}"

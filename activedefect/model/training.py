@@ -4,11 +4,15 @@ settings, and the train / held-out split of every label."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import numpy as np
+import torch
 from ase import Atoms
 
-from activedefect.model.committee import ModelConfig, TrainSettings, split_holdout
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY
+from activedefect.model.committee import ModelConfig, TrainSettings, split_holdout, train_member
 from activedefect.model.mace_model import LOSS_WEIGHT_KEY, REF_ENERGY_KEY
 from activedefect.spec import FIDELITIES, CampaignSpec
 from activedefect.store.zarr_store import Store
@@ -71,3 +75,14 @@ def emphasize_minima(frames: list[Atoms], weight: float, window_eV: float) -> No
         boost = weight * np.exp(-(energies - energies.min()) / window_eV)
         for atoms, extra in zip(members, boost):
             atoms.info[LOSS_WEIGHT_KEY] = 1.0 + float(extra)
+
+
+def train_member_task(**kwargs: Any) -> dict[str, Any]:
+    """The Dask task that trains one member (:func:`~activedefect.model.committee.train_member`)
+    with one thread; returns its training report with the wall time."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    report = train_member(**kwargs)
+    data = report.as_dict()
+    data.setdefault("wall_s", time.perf_counter() - start)
+    return data

@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from activedefect.oracle.backends.base import Backend
 from activedefect.execution.cluster import die_with_parent
 from activedefect.geometry import content_hash
 from activedefect.labels import LabelResult
+from activedefect.oracle.backends.base import Backend
 
 DATABASE = "pyiron.db"
 PROJECT = "labels"

@@ -3,7 +3,6 @@ with one thread, and returns plain data; the driver alone writes to the campaign
 
 from __future__ import annotations
 
-import time
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -104,14 +103,3 @@ def relax_with_oracle(
     new = [(frame, label) for frame, label in calc.visited
            if content_hash(frame, charge, multiplicity) not in known]
     return OracleRelaxation(path=calc.visited, new=new)
-
-
-def train_member_task(**kwargs: Any) -> dict[str, Any]:
-    _one_thread()
-    from activedefect.model.committee import train_member
-
-    start = time.perf_counter()
-    report = train_member(**kwargs)
-    data = report.as_dict()
-    data.setdefault("wall_s", time.perf_counter() - start)
-    return data

@@ -24,11 +24,10 @@ from ase import Atoms
 from ase.geometry import get_distances
 
 from activedefect.results import levels
-from activedefect.campaign.loop import ground_state_frames
+from activedefect.results.directory import CampaignDirectory, ground_state_frames
 from activedefect.seeds.defects import charged_name, split_charged_name
 
 if TYPE_CHECKING:
-    from activedefect.campaign.loop import Campaign
     from activedefect.search.selection import Exploration
 
 #: A coordination shell: atoms within this factor of the nearest distance to the site.
@@ -100,11 +99,11 @@ class DefectSite:
 class CampaignResults:
     """Results of one campaign directory, read lazily and cached per instance."""
 
-    def __init__(self, campaign: Campaign):
-        self.campaign = campaign
-        self.ws = campaign.ws
-        self.spec = campaign.spec
-        self.state = campaign.ws.read_state()
+    def __init__(self, directory: CampaignDirectory):
+        self.directory = directory
+        self.ws = directory.ws
+        self.spec = directory.spec
+        self.state = directory.ws.read_state()
 
     # --- raw material ------------------------------------------------------------------
     @cached_property
@@ -145,7 +144,7 @@ class CampaignResults:
 
     @cached_property
     def high_hash(self) -> str:
-        return self.campaign.settings_hash("high")
+        return self.directory.settings_hash("high")
 
     @cached_property
     def _high_energies_eV(self) -> pd.Series:
@@ -245,7 +244,7 @@ class CampaignResults:
         energy the transition levels use (``level_energy_eV`` from ``level_energy_source``:
         the lowest `high` energy of the confirm relaxation and the label, else the
         prediction). ``frame`` is the confirmed minimum when the confirm step ran
-        (:func:`~activedefect.campaign.loop.ground_state_frames`), ``seed`` the lineage it came
+        (:func:`~activedefect.results.directory.ground_state_frames`), ``seed`` the lineage it came
         from; the committee columns (prediction, spread, convergence) describe that same
         structure (after the confirm step, the committee's prediction at the confirmed
         minimum), and are NaN/False for a state only the confirm step's `low` minima found."""
@@ -306,7 +305,7 @@ class CampaignResults:
         if vbm is None or gap is None:
             from activedefect.seeds.preparation import host_supercell
 
-            edges = self.campaign.backend_call("high").build().band_edges_eV(host_supercell(self.spec))
+            edges = self.directory.backend_call("high").build().band_edges_eV(host_supercell(self.spec))
             if edges is not None:
                 if vbm is None:
                     vbm, source = edges[0], f"computed ({self.spec.fidelities['high'].backend}, host supercell, Γ)"

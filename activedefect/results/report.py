@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from activedefect.results import levels
-from activedefect.seeds.defects import charged_name
 from activedefect.results.campaign_results import CampaignResults, distortion_percent, to_json
+from activedefect.seeds.defects import charged_name
 
 #: x position (bond distortion %) of ShakeNBreak's non-bond-distortion seeds, after the last one.
 _EXTRA_GAP = 15.0
@@ -128,11 +128,11 @@ def draw_energy_vs_distortion(data: dict[str, list[dict[str, Any]]], out: Path) 
 def parity_data(results: CampaignResults) -> dict[str, dict[str, list[float]]]:
     """Per head: the final committee's predictions against the labels it held out (and,
     for context, those it trained on), energies per structure in eV."""
+    from activedefect.model.training import training_data
     from activedefect.spec import FIDELITIES
     from activedefect.store.zarr_store import REF_ENERGY_KEY
-    from activedefect.model.training import training_data
 
-    hashes = {f: results.campaign.settings_hash(f) for f in FIDELITIES}
+    hashes = {f: results.directory.settings_hash(f) for f in FIDELITIES}
     train, valid = training_data(results.store, hashes, results.spec.committee.valid_fraction)
     out = {}
     for head in FIDELITIES:
@@ -452,7 +452,7 @@ def _table(frame: pd.DataFrame, columns: list[str]) -> str:
 
 def _html(results: CampaignResults, figures, gs: pd.DataFrame, table_levels: pd.DataFrame,
           minima: pd.DataFrame) -> str:
-    status = results.campaign.status()
+    status = results.directory.status()
     blocks = "\n".join(
         f'<h2>{html.escape(title)}</h2><p>{html.escape(caption)}</p>'
         f'<a href="{name}.svg"><img src="{name}.png" alt="{html.escape(title)}"></a>'

@@ -22,13 +22,13 @@ from typing import Any
 from ase import Atoms
 from ase.io import write
 
+from activedefect.geometry import CHARGE_KEY, SPIN_KEY
+from activedefect.results.campaign_results import CampaignResults
 from activedefect.seeds.defects import (
     charged_name,
     split_charged_name,
     validate_distortion_options,
 )
-from activedefect.geometry import CHARGE_KEY, SPIN_KEY
-from activedefect.results.campaign_results import CampaignResults
 
 #: ``MACECalculator`` reads charge and multiplicity from ``atoms.info["charge"]`` /
 #: ``["spin"]`` unless told otherwise; our models were trained on these keys.

@@ -27,8 +27,8 @@ from typing import Any
 
 from ase import Atoms
 
-from activedefect.search.explore import CONVERGED, RelaxResult
 from activedefect.geometry import displacement
+from activedefect.search.explore import CONVERGED, RelaxResult
 
 
 @dataclass

@@ -25,9 +25,9 @@ import pandas as pd
 import yaml
 from ase import Atoms
 
+from activedefect.geometry import content_hash
 from activedefect.search.basins import Basin, basin_of_results
 from activedefect.search.explore import RelaxResult
-from activedefect.geometry import content_hash
 
 FIDELITIES = ("low", "high")
 #: Phases a policy runs in: ``bootstrap`` before any model exists (generation 0),

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import pandas as pd
 from ase import Atoms
 
-from activedefect.search.basins import equivalent
 from activedefect.geometry import displacement
+from activedefect.search.basins import equivalent
 from activedefect.store.zarr_store import Store
 
 SAME_RMSD_A = 0.05

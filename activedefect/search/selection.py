@@ -8,26 +8,42 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 import numpy as np
 from ase import Atoms
+from distributed import Client
 
-from activedefect.search.basins import Basin, group_basins
 from activedefect.execution.cluster import workers_offering
-from activedefect.seeds.defects import charged_name
-from activedefect.search.explore import EXPLODED, UNFINISHED, RelaxResult, RelaxSettings, exploration_starts, relax, seed_name
+from activedefect.execution.reporting import Reporter
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY
+from activedefect.search.basins import Basin, group_basins
+from activedefect.search.explore import UNFINISHED, RelaxResult, RelaxSettings, exploration_starts, relax, seed_name
 from activedefect.search.policies import SelectionContext, candidate_table, load_policy, mean_pooled, select
+from activedefect.seeds.defects import charged_name
 from activedefect.spec import FIDELITIES, CampaignSpec
-from activedefect.store.zarr_store import ORIGIN_KEY
-from activedefect.store.workspace import atomic_write_json
-
-if TYPE_CHECKING:
-    from activedefect.campaign.loop import Campaign
+from activedefect.store.workspace import Workspace, atomic_write_json
+from activedefect.store.zarr_store import ORIGIN_KEY, Store
 
 #: Structures per committee call on CPU: large batches fall out of cache (docs/benchmarks.md).
 CPU_BATCH = 4
+
+
+@dataclass
+class GenerationContext:
+    """What one generation's explore and select steps read and report to: the campaign's
+    directory, spec, store and state (seeds, ground states, where oracle relaxations
+    ended), the Dask client, and the oracle calls made so far (budget left)."""
+
+    ws: Workspace
+    spec: CampaignSpec
+    store: Store
+    state: dict[str, Any]
+    client: Client | None
+    reporter: Reporter
+    save_phase: Callable[[str], None]
+    settings_hashes: dict[str, str]
+    oracle_calls: dict[str, int]
 
 
 @dataclass
@@ -77,8 +93,8 @@ def explore_task(model_paths: list[Path], starts: list[Atoms], settings: RelaxSe
     policy may pick (spread ≥ ``trust_lo`` or cut) for farthest-point sampling."""
     import torch
 
-    from activedefect.model.committee import Committee
     from activedefect.geometry import content_hash
+    from activedefect.model.committee import Committee
 
     torch.set_num_threads(1)
     committee = Committee.load(model_paths)
@@ -88,17 +104,17 @@ def explore_task(model_paths: list[Path], starts: list[Atoms], settings: RelaxSe
     return results, {content_hash(a): v for a, v in zip(picked, pooled)}
 
 
-def cached_or_explore(campaign: "Campaign", generation: int, model_paths: list[Path]) -> Exploration:
-    path = campaign.ws.generation_dir(generation) / "exploration.pkl"
+def cached_or_explore(context: GenerationContext, generation: int, model_paths: list[Path]) -> Exploration:
+    path = context.ws.generation_dir(generation) / "exploration.pkl"
     if path.exists():
         return pickle.loads(path.read_bytes())
-    spec, store, client = campaign.spec, campaign.store, campaign._client
+    spec, store, client = context.spec, context.store, context.client
     trust_lo, trust_hi = trust_window(spec)
-    starts = store.get_frames([s["frame"] for s in campaign.state["seeds"]])
+    starts = store.get_frames([s["frame"] for s in context.state["seeds"]])
     if spec.exploration.continue_unfinished and generation > 1:
-        previous = _previous_results(campaign, generation)
-        starts = continued_starts(starts, previous, _oracle_ends(campaign, previous))
-    best = [store.get_frame(r["frame"]) for r in campaign.state["ground_states"].values()]
+        previous = _previous_results(context, generation)
+        starts = continued_starts(starts, previous, _oracle_ends(context, previous))
+    best = [store.get_frame(r["frame"]) for r in context.state["ground_states"].values()]
     if best:
         e = spec.exploration
         starts += exploration_starts(best, n_rattled=e.rattled_copies, stdev_A=e.rattle_stdev_A,
@@ -109,8 +125,8 @@ def cached_or_explore(campaign: "Campaign", generation: int, model_paths: list[P
     n_chunks = max(1, min(len(starts), workers_offering(client, "explore")))
     chunks = [list(range(i, len(starts), n_chunks)) for i in range(n_chunks)]
     settings = relax_settings(spec, trust_hi)
-    campaign._save("explore")
-    campaign.reporter.start("exploring (committee relaxations)", len(chunks))
+    context.save_phase("explore")
+    context.reporter.start("exploring (committee relaxations)", len(chunks))
     futures = [
         client.submit(explore_task, model_paths, [starts[i] for i in chunk], settings, generation, trust_lo,
                       resources={"explore": 1}, pure=False, key=f"explore-{generation:03d}-{k}")
@@ -123,8 +139,8 @@ def cached_or_explore(campaign: "Campaign", generation: int, model_paths: list[P
         for i, result in zip(chunk, chunk_results):
             results[i] = result
         descriptors.update(chunk_descriptors)
-        campaign.reporter.advance()
-    _store_frames(campaign, results)
+        context.reporter.advance()
+    _store_frames(context, results)
     basins = group_basins(results, rmsd_A=spec.convergence.rmsd)
     for states in basins.values():
         for basin in states:
@@ -135,20 +151,20 @@ def cached_or_explore(campaign: "Campaign", generation: int, model_paths: list[P
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(pickle.dumps(exploration))
     tmp.replace(path)
-    campaign.ws.log_event("explored", generation=generation, **_summary(exploration)["counts"])
+    context.ws.log_event("explored", generation=generation, **_summary(exploration)["counts"])
     return exploration
 
 
-def _previous_results(campaign: "Campaign", generation: int) -> list[RelaxResult]:
-    path = campaign.ws.generation_dir(generation - 1) / "exploration.pkl"
+def _previous_results(context: GenerationContext, generation: int) -> list[RelaxResult]:
+    path = context.ws.generation_dir(generation - 1) / "exploration.pkl"
     return pickle.loads(path.read_bytes()).results if path.exists() else []
 
 
-def _oracle_ends(campaign: "Campaign", previous: list[RelaxResult]) -> dict[tuple[str, int, str], Atoms]:
+def _oracle_ends(context: GenerationContext, previous: list[RelaxResult]) -> dict[tuple[str, int, str], Atoms]:
     """Per lineage (defect, charge, seed), where an oracle relaxation from the frame its
     committee relaxation stopped at left off."""
-    store = campaign.store
-    ends = {int(key.split(":")[1]): end for key, end in campaign.state.get("relaxation_ends", {}).items()}
+    store = context.store
+    ends = {int(key.split(":")[1]): end for key, end in context.state.get("relaxation_ends", {}).items()}
     found = {}
     for r in previous:
         start = store.find_frame(r.atoms) if r.status in UNFINISHED else None
@@ -184,14 +200,14 @@ def _lineage(atoms: Atoms) -> tuple[str, int, str | None]:
     return str(atoms.info[DEFECT_KEY]), int(atoms.info[CHARGE_KEY]), seed_name(atoms)
 
 
-def _store_frames(campaign: "Campaign", results: list[RelaxResult]) -> None:
+def _store_frames(context: GenerationContext, results: list[RelaxResult]) -> None:
     """Every kept trajectory frame goes to the store (the policies refer to frames by index)."""
     frames = []
     for trajectory, result in enumerate(results):
         for frame in result.frames:
             frame.atoms.info["origin"] = {**frame.atoms.info["origin"], "trajectory": trajectory}
             frames.append(frame.atoms)
-    campaign.store.add_frames(frames)
+    context.store.add_frames(frames)
 
 
 def _summary(exploration: Exploration) -> dict[str, Any]:
@@ -204,23 +220,22 @@ def _summary(exploration: Exploration) -> dict[str, Any]:
     }
 
 
-def cached_or_select(campaign: "Campaign", generation: int, exploration: Exploration | None) -> list[dict[str, Any]]:
+def cached_or_select(context: GenerationContext, generation: int, exploration: Exploration | None) -> list[dict[str, Any]]:
     """The label requests of this generation (JSON records: frame, fidelity, policy,
     reason, relax_steps, relax_fmax_eV_A), selected once and then read back."""
-    path = campaign.ws.generation_dir(generation) / "selection.json"
+    path = context.ws.generation_dir(generation) / "selection.json"
     if path.exists():
         import json
 
         return json.loads(path.read_text())["requests"]
-    store, spec = campaign.store, campaign.spec
+    store, spec = context.store, context.spec
     frames = store.frame_table()
-    oracle = campaign.oracle_totals()
-    budget_left = {f: getattr(spec.budget, f) - oracle[f]["calls"] for f in FIDELITIES}
-    hashes = {f: campaign.settings_hash(f) for f in FIDELITIES}
+    budget_left = {f: getattr(spec.budget, f) - context.oracle_calls[f] for f in FIDELITIES}
+    hashes = context.settings_hashes
     labels = {f: store.label_table(f) for f in FIDELITIES}
     if exploration is None:
         phase = "bootstrap"
-        seed_frames = [s["frame"] for s in campaign.state["seeds"]]
+        seed_frames = [s["frame"] for s in context.state["seeds"]]
         candidates = frames.set_index("frame").loc[seed_frames].reset_index()
         descriptors, ground_states = None, ()
     else:
@@ -246,7 +261,7 @@ def cached_or_select(campaign: "Campaign", generation: int, exploration: Explora
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"requests": requests, "budget_exhausted": result.budget_exhausted,
                              "dropped": result.dropped})
-    campaign.ws.log_event("selected", generation=generation,
+    context.ws.log_event("selected", generation=generation,
                           counts={f: sum(r["fidelity"] == f for r in requests) for f in FIDELITIES},
                           budget_exhausted=result.budget_exhausted)
     return requests

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator, CalculationFailed
+from ase.calculators.calculator import CalculationFailed, Calculator
 from ase.optimize import BFGS
 
 from activedefect.geometry import displacement

@@ -7,10 +7,10 @@ from ase import Atoms
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from activedefect.oracle.tasks import BackendCall
 from activedefect.seeds.defects import DefectRequest, Seed, build_seeds, charged_name, check_against_host, load_host
 from activedefect.seeds.hostcheck import HostCheckResult, check_host
 from activedefect.spec import CampaignSpec, DefectSpec, SpecError
-from activedefect.oracle.tasks import BackendCall
 
 
 def defect_request(entry: DefectSpec) -> DefectRequest:

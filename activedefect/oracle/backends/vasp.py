@@ -30,9 +30,9 @@ import yaml
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from activedefect.oracle.backends.base import Backend, LabelCalculator, SettingsError
 from activedefect.geometry import content_hash
 from activedefect.labels import OK, LabelResult
+from activedefect.oracle.backends.base import Backend, LabelCalculator, SettingsError
 
 FUNCTIONALS = ("PBE", "HSE06")
 HSE_KEYS = ("aexx", "hfscreen", "precfock")

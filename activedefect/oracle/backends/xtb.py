@@ -16,7 +16,6 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import CalculationFailed, Calculator
 from ase.units import Bohr, Hartree, kB
-
 from tblite.ase import TBLite
 from tblite.interface import Calculator as TBLiteAPI
 
