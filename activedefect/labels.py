@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+#: The two levels of theory a campaign labels with (the model's heads, the spec's ``fidelities``).
+FIDELITIES = ("low", "high")
 OK = "ok"
 #: Failure codes a backend may return (``LabelResult.status``).
 FAILURE_CODES = (

@@ -21,8 +21,9 @@ from pydantic import (
     model_validator,
 )
 
+from activedefect.labels import FIDELITIES
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
-FIDELITIES = ("low", "high")
 #: Largest |charge| of a defect state accepted: point defects in semiconductors hold a few
 #: electrons or holes (doped guesses stay within the oxidation states); tens is a typo,
 #: and ShakeNBreak fails on such charges with an IndexError.

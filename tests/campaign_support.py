@@ -207,3 +207,11 @@ def label_tables(directory: Path) -> dict:
 def model_files(directory: Path) -> dict[Path, tuple[int, int]]:
     """Every committee member file with (inode, mtime): a retrained member changes both."""
     return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(directory.glob("models/gen-*/member-*.model"))}
+
+
+def worker_command(script: str) -> str:
+    """The ``dask worker`` command line of a job script (what the batch job executes)."""
+    lines = [line for line in script.splitlines() if "distributed.cli.dask_worker" in line]
+    if len(lines) != 1:
+        raise ValueError("the job script has no single `distributed.cli.dask_worker` line")
+    return lines[0].strip()

@@ -17,7 +17,6 @@ from activedefect.seeds.defects import (
     build_seeds,
     bundled_structure,
     charged_name,
-    default_charges,
     defect_name,
     load_host,
     multiplicity_from_electrons,
@@ -150,7 +149,6 @@ def test_interstitial(sic16, tetrahedral_site):
 
 def test_default_charges_are_dopeds_guess(sic16):
     req = DefectRequest("vacancy", "Si")
-    assert default_charges(req, sic16, OXI) == (-4, -3, -2, -1, 0, 1)
     seeds = build_seeds(sic16, [req], oxidation_states=OXI, distortion_options={"bond_distortions": [0.0]})
     assert sorted({s.charge for s in seeds}) == [-4, -3, -2, -1, 0, 1]
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.build import bulk
+from campaign_support import worker_command
 from distributed import Client, get_worker
 
 from activedefect.execution.cluster import open_cluster, workers_offering
-from activedefect.execution.jobqueue import job_scripts, worker_command
+from activedefect.execution.jobqueue import job_scripts
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY
 from activedefect.oracle.backends import get_backend
 from activedefect.oracle.tasks import BackendCall, label_frame

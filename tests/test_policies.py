@@ -309,7 +309,7 @@ def test_load_policy_by_name_path_and_inline(tmp_path):
         load_policy("nope")
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['trust_low'\].*trust_lo"):
         load_policy({"kind": "uncertainty", "trust_low": 0.1})
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match=r"got 'magic'; kinds .*uncertainty \(trust_lo=0\.05"):
         load_policy({"kind": "magic"})
     with pytest.raises(ValueError, match="trust_lo < trust_hi"):
         load_policy({"kind": "uncertainty", "trust_lo": 0.5, "trust_hi": 0.3})

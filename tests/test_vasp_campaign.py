@@ -73,7 +73,9 @@ def test_vasp_inputs_for_a_seed_carry_the_campaigns_settings(spec, seeds, tmp_pa
 
 def test_cluster_block_gives_a_job_script_per_pool(spec):
     pytest.importorskip("dask_jobqueue")
-    from activedefect.execution.jobqueue import job_scripts, worker_command
+    from campaign_support import worker_command
+
+    from activedefect.execution.jobqueue import job_scripts
 
     scripts = job_scripts(spec.cluster.jobqueue)
     assert "#SBATCH --cpus-per-task=128" in scripts["dft"] and "#SBATCH -A my-project" in scripts["dft"]

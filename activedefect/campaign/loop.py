@@ -342,7 +342,6 @@ class Campaign(CampaignDirectory, LabellingStep, ConfirmStep):
         from activedefect.seeds.defects import charged_name
 
         high_hash = self.settings_hash("high")
-        labels = self.store.label_table("high")
         trust_lo, _ = selection.trust_window(self.spec)
         seeds = {s["seed"] for s in self.state["seeds"]}
         unfinished, exploded = exploration.unfinished(seeds), exploration.unfinished(seeds, (EXPLODED,))
@@ -360,11 +359,9 @@ class Campaign(CampaignDirectory, LabellingStep, ConfirmStep):
                 max_force_spread_eV_A=candidate.max_force_std_eV_A, unfinished_seeds=unfinished.get(key, 0),
                 exploded_seeds=exploded.get(key, 0),
             )
-            rows = labels[(labels["frame"] == candidate.frame) & (labels["settings_hash"] == high_hash)
-                          & (labels["status"] == "ok")]
-            if len(rows):
-                row = rows.index[-1]
-                record.high_energy_eV = float(rows.loc[row, "energy_eV"])
+            row = self.store.label_row("high", candidate.frame, high_hash)
+            if row is not None:
+                record.high_energy_eV = self.store.label_energy("high", candidate.frame, high_hash)
                 forces = self.store.label_forces("high", row)
                 record.high_max_force_eV_A = float(np.linalg.norm(forces, axis=1).max())
             if previous_record is not None:

@@ -82,14 +82,6 @@ def job_scripts(jq: JobqueueSpec, scheduler_address: str = "tcp://SCHEDULER:8786
     }
 
 
-def worker_command(script: str) -> str:
-    """The ``dask worker`` command line of a job script (what the batch job executes)."""
-    lines = [line for line in script.splitlines() if "distributed.cli.dask_worker" in line]
-    if len(lines) != 1:
-        raise ValueError("the job script has no single `distributed.cli.dask_worker` line")
-    return lines[0].strip()
-
-
 def start_cluster(jq: JobqueueSpec, dashboard_address: str):  # noqa: ANN201 - a JobQueueCluster
     """Start the scheduler here and submit (or adapt) the jobs the block asks for."""
     if not jq.pools:

@@ -34,6 +34,7 @@ from activedefect.model.mace_model import (
     TrainReport,
     TrainSettings,
     atoms_to_graphs,
+    embedding_range,
     load_model,
     resolve_device,
     split_holdout,
@@ -130,10 +131,7 @@ class Committee:
 
     def charge_range(self) -> tuple[int, int] | None:
         spec = self.embedding_specs.get(CHARGE_KEY)
-        if spec is None:
-            return None
-        lo = -int(spec.get("offset", 0))
-        return lo, lo + int(spec["num_classes"]) - 1
+        return None if spec is None else embedding_range(spec)
 
     def _check_head(self, head: str) -> None:
         if head not in self.heads:

@@ -278,6 +278,13 @@ def split_holdout(frames: Sequence[Atoms], valid_fraction: float) -> tuple[list[
     return train, valid
 
 
+def embedding_range(spec: Mapping[str, Any]) -> tuple[int, int]:
+    """Lowest and highest value a categorical embedding (:meth:`ModelConfig.embedding_specs`)
+    can index: charges, or multiplicities 2S+1."""
+    lo = -int(spec.get("offset", 0))
+    return lo, lo + int(spec["num_classes"]) - 1
+
+
 def _charge_and_spin(atoms: Atoms, config_specs: Mapping[str, Mapping[str, Any]], where: str) -> None:
     """Raise unless ``atoms.info`` holds every embedded quantity (charge; multiplicity
     when the model embeds it) as an integer the embedding can index."""
@@ -291,8 +298,7 @@ def _charge_and_spin(atoms: Atoms, config_specs: Mapping[str, Mapping[str, Any]]
         value = atoms.info[key]
         if float(value) != int(value):
             raise ValueError(f"{where}: atoms.info[{key!r}] = {value!r} is not an integer")
-        lo = -int(spec.get("offset", 0))
-        hi = lo + int(spec["num_classes"]) - 1
+        lo, hi = embedding_range(spec)
         if not lo <= int(value) <= hi:
             raise ValueError(
                 f"{where}: atoms.info[{key!r}] = {int(value)} is outside the model's embedding range "

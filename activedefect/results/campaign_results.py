@@ -146,14 +146,9 @@ class CampaignResults:
     def high_hash(self) -> str:
         return self.directory.settings_hash("high")
 
-    @cached_property
-    def _high_energies_eV(self) -> pd.Series:
-        return self.store.label_table("high")["energy_eV"]
-
     def high_label(self, frame: int) -> float | None:
         """Energy of the ok `high` label (current settings) of ``frame``, or None."""
-        row = self.store.label_row("high", int(frame), self.high_hash)
-        return None if row is None else float(self._high_energies_eV.loc[row])
+        return self.store.label_energy("high", int(frame), self.high_hash)
 
     @cached_property
     def seed_frames(self) -> dict[tuple[str, int, str], int]:

@@ -105,14 +105,11 @@ class CampaignDirectory:
         """Energy of the ok `high` label (current settings) of each of ``frames`` that has
         one — from the store, so a label the confirm step added after the last assessment
         counts too."""
-        if store is None or not frames:
+        if store is None:
             return {}
         settings_hash = self.settings_hash("high")
-        rows = {f: store.label_row("high", f, settings_hash) for f in frames}
-        if all(row is None for row in rows.values()):
-            return {}
-        energies = store.label_table("high")["energy_eV"]
-        return {f: float(energies.loc[row]) for f, row in rows.items() if row is not None}
+        energies = {f: store.label_energy("high", f, settings_hash) for f in frames}
+        return {f: e for f, e in energies.items() if e is not None}
 
     def _status_with_history(self) -> dict[str, Any]:
         status = self.status()

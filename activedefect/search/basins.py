@@ -13,10 +13,9 @@ lowest is the state's ground-state candidate.
 
 Symmetry-equivalent minima (the same distortion around a different neighbour) differ in
 atom order, so the same-order comparison keeps them apart as separate basins of equal
-energy; that costs a few redundant labels, never a wrong ground state.
-``merge_equivalent=True`` also merges basins of nearly equal energy that pymatgen's
-``StructureMatcher`` maps onto each other (permutations and lattice symmetry allowed),
-with its distances converted back to Å.
+energy; that costs a few redundant labels, never a wrong ground state. The `low`-minima
+screen (:mod:`activedefect.search.screening`) merges them with :func:`equivalent`
+(pymatgen's ``StructureMatcher``, permutations and lattice symmetry allowed, distances in Å).
 """
 
 from __future__ import annotations
@@ -100,8 +99,6 @@ def group_basins(
     rmsd_A: float = 0.05,
     max_displacement_A: float | None = 0.25,
     statuses: Iterable[str] = (CONVERGED,),
-    merge_equivalent: bool = False,
-    equivalent_energy_eV: float = 0.005,
 ) -> dict[tuple[str, int], list[Basin]]:
     """Basins per ``(defect, charge)``, sorted by energy (rank 0 lowest).
 
@@ -118,16 +115,6 @@ def group_basins(
         r = results[i]
         basins = by_state.setdefault((r.defect, r.charge), [])
         home = next((b for b in basins if _same(b.atoms, r.atoms, rmsd_A, max_displacement_A)), None)
-        if home is None and merge_equivalent:
-            home = next(
-                (
-                    b
-                    for b in basins
-                    if r.energy_eV - b.energy_eV <= equivalent_energy_eV
-                    and equivalent(b.atoms, r.atoms, rmsd_A, max_displacement_A)
-                ),
-                None,
-            )
         if home is None:
             home = Basin(
                 defect=r.defect,
@@ -143,11 +130,6 @@ def group_basins(
         home.member_energies_eV.append(r.energy_eV)
         home.result_indices.append(i)
     return by_state
-
-
-def ground_states(basins: dict[tuple[str, int], list[Basin]]) -> list[Basin]:
-    """The ground-state candidate (rank 0) of every defect × charge state."""
-    return [states[0] for _, states in sorted(basins.items()) if states]
 
 
 def basin_of_results(basins: dict[tuple[str, int], list[Basin]], n_results: int) -> list[int | None]:

@@ -26,10 +26,10 @@ import yaml
 from ase import Atoms
 
 from activedefect.geometry import content_hash
+from activedefect.labels import FIDELITIES
 from activedefect.search.basins import Basin, basin_of_results
 from activedefect.search.explore import RelaxResult
 
-FIDELITIES = ("low", "high")
 #: Phases a policy runs in: ``bootstrap`` before any model exists (generation 0),
 #: ``select`` after each exploration.
 PHASES = ("bootstrap", "select")
@@ -329,7 +329,10 @@ def load_policy(ref: str | Path | Mapping[str, Any], base_dir: str | Path | None
             data, source, default_name = _read_yaml(preset.read_text(), f"preset {text}"), f"preset {text}", text
     kind = data.pop("kind", None)
     if kind not in _KINDS:
-        raise ValueError(f"{source}: `kind` must be one of {sorted(_KINDS)}, got {kind!r}")
+        kinds = "; ".join(f"{name} ({', '.join(f'{k}={v!r}' for k, v in params.items())})"
+                          for name, params in policy_kinds().items())
+        raise ValueError(f"{source}: `kind` must be one of the registered kinds, got {kind!r}; "
+                         f"kinds (parameters with defaults): {kinds}")
     name = str(data.pop("name", default_name or kind))
     description = str(data.pop("description", ""))
     spec = _KINDS[kind]

@@ -317,14 +317,6 @@ def host_oxidation_states(
     return states
 
 
-def default_charges(req: DefectRequest, host: Structure, oxidation_states: dict[str, int] | None = None) -> tuple[int, ...]:
-    """doped's charge-state guess (as ``DefectsGenerator`` makes it) for one request."""
-    check_against_host(req, host)
-    states = host_oxidation_states(host, [req], oxidation_states)
-    with _quiet():
-        return _guessed_charges(_doped_defect(req, _decorated(host, states), states))
-
-
 def _guessed_charges(defect) -> tuple[int, ...]:
     from doped.generation import guess_defect_charge_states
 

@@ -737,6 +737,11 @@ class Store:
         labels = self._labels.get(fidelity)
         return None if labels is None else labels.ok_row.get((int(frame), settings_hash))
 
+    def label_energy(self, fidelity: str, frame: int, settings_hash: str) -> float | None:
+        """Energy (eV) of the ok label of (frame, settings hash), or None."""
+        row = self.label_row(fidelity, frame, settings_hash)
+        return None if row is None else float(self._labels[fidelity].energy[row])
+
     def has_label(self, fidelity: str, frame: int, settings_hash: str) -> bool:
         """True when (frame, settings hash) has an ok label at this fidelity."""
         return self.label_row(fidelity, frame, settings_hash) is not None

@@ -67,7 +67,7 @@ class AseBackend(CalculatorBackend):
         except PackageNotFoundError:
             return str(getattr(importlib.import_module(package), "__version__", "unknown"))
 
-    def _make_calculator(self, charge, multiplicity, settings):
+    def make_calculator(self, charge, multiplicity, settings):
         factory = import_calculator(settings["calculator"])
         kwargs = dict(settings["kwargs"])
         if accepts_keyword(factory, "charge"):

@@ -342,16 +342,16 @@ class CalculatorBackend(Backend):
     start_method: ClassVar[str] = CHILD_START_METHOD
 
     @abstractmethod
-    def _make_calculator(self, charge: int, multiplicity: int, settings: dict[str, Any]) -> Calculator:
+    def make_calculator(self, charge: int, multiplicity: int, settings: dict[str, Any]) -> Calculator:
         """A fresh native calculator; may raise for bad settings."""
 
-    def _prepare_atoms(self, atoms: Atoms, charge: int, multiplicity: int) -> None:
+    def prepare_atoms(self, atoms: Atoms, charge: int, multiplicity: int) -> None:
         """Set what the calculator reads from the atoms (e.g. initial magnetic moments)."""
 
     def _wants_stress(self, settings: dict[str, Any], calc: Calculator) -> bool:
         return "stress" in calc.implemented_properties
 
-    def _classify(self, exc: BaseException) -> tuple[str, str]:
+    def classify_failure(self, exc: BaseException) -> tuple[str, str]:
         """Failure code and reason for an exception raised by the calculator."""
         status = "bad_input" if isinstance(exc, (ValueError, InputError)) else "crashed"
         return status, f"{type(exc).__name__}: {exc}"
@@ -364,8 +364,8 @@ class CalculatorBackend(Backend):
     def _compute(self, atoms: Atoms, charge: int, multiplicity: int, settings: dict[str, Any]) -> LabelResult:
         work = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         try:
-            self._prepare_atoms(work, charge, multiplicity)
-            calc = self._make_calculator(charge, multiplicity, settings)
+            self.prepare_atoms(work, charge, multiplicity)
+            calc = self.make_calculator(charge, multiplicity, settings)
             work.calc = calc
             energy, kind = _free_energy(work)
             forces = work.get_forces()
@@ -376,7 +376,7 @@ class CalculatorBackend(Backend):
                 except PropertyNotImplementedError:
                     stress = None
         except Exception as exc:
-            status, reason = self._classify(exc)
+            status, reason = self.classify_failure(exc)
             return LabelResult(status, "", reason=reason)
         stress = None if stress is None else np.array(stress)
         return LabelResult(OK, "", energy, np.array(forces), stress, metadata={"energy_kind": kind})
@@ -403,7 +403,7 @@ class GuardedCalculator(Calculator):
         self.backend = backend
         self.charge = charge
         self.multiplicity = multiplicity
-        self.inner = backend._make_calculator(charge, multiplicity, copy.deepcopy(backend.settings))
+        self.inner = backend.make_calculator(charge, multiplicity, copy.deepcopy(backend.settings))
         self.implemented_properties = list(dict.fromkeys([*self.inner.implemented_properties, "free_energy"]))
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
@@ -412,7 +412,7 @@ class GuardedCalculator(Calculator):
             self.backend.check_charge(self.atoms, self.charge, self.multiplicity)
         except ValueError as exc:
             raise CalculationFailed(failure_message("bad_input", str(exc))) from exc
-        self.backend._prepare_atoms(self.atoms, self.charge, self.multiplicity)
+        self.backend.prepare_atoms(self.atoms, self.charge, self.multiplicity)
         try:
             for prop in dict.fromkeys(["energy", *properties]):
                 if prop != "free_energy":
@@ -420,7 +420,7 @@ class GuardedCalculator(Calculator):
             if "free_energy" in self.inner.results:
                 self.results["free_energy"] = self.inner.results["free_energy"]
         except Exception as exc:
-            status, reason = self.backend._classify(exc)
+            status, reason = self.backend.classify_failure(exc)
             raise CalculationFailed(failure_message(status, reason)) from exc
         for prop in properties:
             if prop in self.results and not np.all(np.isfinite(self.results[prop])):

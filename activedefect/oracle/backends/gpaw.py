@@ -76,7 +76,7 @@ class GpawBackend(CalculatorBackend):
         beta = settings["mixer_beta"] or GPAW_DEFAULT_MIXER_BETA
         return {**settings, "maxiter": 2 * settings["maxiter"], "mixer_beta": beta / 2}
 
-    def _prepare_atoms(self, atoms: Atoms, charge: int, multiplicity: int) -> None:
+    def prepare_atoms(self, atoms: Atoms, charge: int, multiplicity: int) -> None:
         # With fixmagmom the total moment stays at the sum of the initial moments.
         moments = np.full(len(atoms), (multiplicity - 1) / len(atoms)) if multiplicity > 1 else np.zeros(len(atoms))
         atoms.set_initial_magnetic_moments(moments)
@@ -84,7 +84,7 @@ class GpawBackend(CalculatorBackend):
     def _wants_stress(self, settings: dict[str, Any], calc: Calculator) -> bool:
         return settings["mode"] == "pw"  # LCAO mode has no stress
 
-    def _make_calculator(self, charge: int, multiplicity: int, settings: dict[str, Any]) -> Calculator:
+    def make_calculator(self, charge: int, multiplicity: int, settings: dict[str, Any]) -> Calculator:
         from gpaw import GPAW, PW
 
         occupations = {"name": "fermi-dirac", "width": settings["width"]}
@@ -110,9 +110,9 @@ class GpawBackend(CalculatorBackend):
             kwargs["mixer"] = {"beta": settings["mixer_beta"]}
         return GPAW(**kwargs)
 
-    def _classify(self, exc: BaseException) -> tuple[str, str]:
+    def classify_failure(self, exc: BaseException) -> tuple[str, str]:
         from gpaw import KohnShamConvergenceError
 
         if isinstance(exc, KohnShamConvergenceError):
             return "scf_not_converged", f"GPAW SCF did not converge within maxiter {exc}".rstrip()
-        return super()._classify(exc)
+        return super().classify_failure(exc)

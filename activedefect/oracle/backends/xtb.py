@@ -119,10 +119,10 @@ class XtbBackend(CalculatorBackend):
         occupations = np.asarray(result.get("orbital-occupations"))  # 0..2 per orbital (closed shell)
         return float(energies_eV[occupations > 1.0].max()), float(energies_eV[occupations <= 1.0].min())
 
-    def _make_calculator(self, charge: int, multiplicity: int, settings: dict[str, Any]) -> Calculator:
+    def make_calculator(self, charge: int, multiplicity: int, settings: dict[str, Any]) -> Calculator:
         return TBLite(charge=charge, multiplicity=multiplicity, **settings)
 
-    def _classify(self, exc: BaseException) -> tuple[str, str]:
+    def classify_failure(self, exc: BaseException) -> tuple[str, str]:
         if isinstance(exc, CalculationFailed) and "not converged" in str(exc):
             return "scf_not_converged", str(exc)
-        return super()._classify(exc)
+        return super().classify_failure(exc)
