@@ -122,3 +122,14 @@ def test_the_policy_presets_are_the_top_level_policies_folder():
     for name in preset_names():
         assert load_policy(name).name
         assert (folder / f"{name}.yaml").read_text().lstrip().startswith("#"), f"{name}.yaml explains itself"
+
+
+def test_the_cli_and_the_driver_import_without_the_model():
+    """`campaign status --json` prints JSON only: MACE prints on import, and torch takes seconds."""
+    import subprocess
+    import sys
+
+    code = ("import sys, activedefect.cli, activedefect.campaign, activedefect.results.directory; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'mace', 'e3nn'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -295,7 +295,7 @@ def test_every_oracle_failure_is_recorded_not_stored_as_data_and_not_retried(tmp
     from activedefect.model.training import training_data
     from activedefect.seeds.preparation import build_campaign_seeds
     from activedefect.spec import FIDELITIES, load_spec
-    from activedefect.store.zarr_store import on_grid
+    from activedefect.store.records import on_grid
 
     base = load_spec(write_spec(tmp_path / "base.yaml", CYCLE_SPEC))
     frames = []

@@ -23,7 +23,6 @@ from activedefect.execution.cluster import open_cluster
 from activedefect.execution.dashboard import METADATA_KEY, serve_from_driver
 from activedefect.execution.reporting import LogReporter, Reporter
 from activedefect.geometry import displacement
-from activedefect.model.training import train_member_task
 from activedefect.oracle.tasks import shared_data
 from activedefect.results.directory import CampaignDirectory
 from activedefect.search import selection
@@ -286,7 +285,7 @@ class Campaign(CampaignDirectory, LabellingStep, ConfirmStep):
     def _train(self, generation: int) -> list[Path]:
         """Train (or warm-start) every committee member not yet written for this generation."""
         from activedefect.model.committee import Committee, evaluate
-        from activedefect.model.training import committee_config, train_settings, training_data
+        from activedefect.model.training import committee_config, train_member_task, train_settings, training_data
 
         committee_spec = self.spec.committee
         size = committee_spec.size

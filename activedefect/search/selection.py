@@ -248,10 +248,10 @@ def cached_or_select(context: GenerationContext, generation: int, exploration: E
         basin_rank = dict(zip(candidates["frame"], candidates["basin"]))
         frames["basin"] = frames["frame"].map(basin_rank).fillna(-1).astype(int)
         ground_states = list(exploration.ground_state_candidates().values())
-    context = SelectionContext(budget_left=budget_left, candidates=candidates, descriptors=descriptors,
-                               frames=frames, labels=labels, settings_hashes=hashes, ground_states=ground_states,
-                               seed=spec.seed + generation)
-    result = select(policies(spec), context, phase)
+    choice = SelectionContext(budget_left=budget_left, candidates=candidates, descriptors=descriptors,
+                              frames=frames, labels=labels, settings_hashes=hashes, ground_states=ground_states,
+                              seed=spec.seed + generation)
+    result = select(policies(spec), choice, phase)
     requests = []
     for request in result.requests:
         record = request.as_dict()

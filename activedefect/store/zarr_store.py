@@ -35,16 +35,13 @@ there: a frame exported to extxyz and read back hashes the same, so re-imports d
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import math
 import os
 import re
 import warnings
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,18 +50,32 @@ import pandas as pd
 import zarr
 from ase import Atoms
 from ase.stress import full_3x3_to_voigt_6_stress
-from zarr.codecs import ZstdCodec
-from zarr.core.array import AsyncArray
 from zarr.core.sync import sync
 
-from activedefect.faults import crash_point
-from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, content_hash
+from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY
 from activedefect.labels import FAILURE_CODES, OK, LabelResult
+from activedefect.store.records import (
+    ORIGIN_INTS,
+    ORIGIN_KEY,
+    BulkEnergy,
+    FrameRecord,
+    LabelIndex,
+    as_int,
+    json_default,
+)
+from activedefect.store.tables import (
+    Column,
+    StoreCorruptedError,
+    Table,
+    contains,
+    damaged,
+    gather,
+    node,
+    table_exists,
+)
 
 FORMAT_KEY = "activedefect_store"
 FORMAT_VERSION = 1
-#: ``atoms.info`` key of a frame's provenance: ``{seed, generation, trajectory, step}``.
-ORIGIN_KEY = "origin"
 #: ``atoms.info`` keys the store sets on frames it returns.
 HASH_KEY = "hash"
 FRAME_KEY = "frame"
@@ -73,359 +84,33 @@ REF_ENERGY_KEY = "REF_energy"
 REF_FORCES_KEY = "REF_forces"
 REF_STRESS_KEY = "REF_stress"
 
-#: Positions and cells are stored on this grid (Å): what extxyz writes (``%.8f``).
-GRID_A = 1e-8
-#: Chunk lengths: the fastest appends of 50 60-atom frames in benchmarks/bench_store.py
-#: among 4k-64k atoms x 256-4k rows; 256-row chunks made reopening 6x slower.
-ATOM_CHUNK = 1 << 14
-ROW_CHUNK = 1 << 10
-#: A checksum in every chunk: a flipped byte is an error on read, not a wrong number.
-COMPRESSOR = ZstdCodec(level=0, checksum=True)
-
-#: Test hook: ``"<frames|labels>:<before_commit|mid_commit>"`` makes the writing process
-#: SIGKILL itself at that point of its next append of that table.
 
 _FIDELITY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_ORIGIN_INTS = ("generation", "trajectory", "step")
-
-
-class StoreCorruptedError(RuntimeError):
-    """The store breaks an invariant that its own writes cannot produce, or one of its
-    files cannot be read; the message names the file."""
-
-
-def _damaged(file: Path, error: BaseException) -> StoreCorruptedError:
-    return StoreCorruptedError(
-        f"store file {file} is damaged ({type(error).__name__}: {error}); restore it from a backup. "
-        "The rest of the store still reads with Store.open(path, mode='r') "
-        "(`activedefect campaign status` / `export`)"
-    )
-
-
-def _node(parent: zarr.Group, name: str, root: Path) -> Any:
-    """``parent[name]``, or an error naming its metadata file when that cannot be read."""
-    try:
-        return parent[name]
-    except KeyError:
-        raise
-    except Exception as error:  # zarr raises JSON, value or type errors
-        raise _damaged(root / parent.path / name / "zarr.json", error) from error
-
-
-def _chunk_file(array: zarr.Array, index: int, root: Path) -> Path:
-    key = array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
-    return root / array.path / key
-
-
-def _damaged_chunks(array: zarr.Array, start: int, stop: int, root: Path) -> dict[int, StoreCorruptedError]:
-    """The chunks overlapping rows [start, stop) that cannot be decoded, each with an
-    error naming its file (decoded concurrently: as fast as reading the rows once)."""
-    length = array.chunks[0]
-    indices = list(range(start // length, -(-stop // length))) if stop > start else []
-
-    async def check(index: int) -> BaseException | None:
-        try:
-            await array.async_array.getitem(slice(index * length, min((index + 1) * length, array.shape[0])))
-        except Exception as error:  # noqa: BLE001 - any decode failure is damage
-            return error
-        return None
-
-    errors = sync(_gather([check(i) for i in indices]))
-    return {i: _damaged(_chunk_file(array, i, root), e) for i, e in zip(indices, errors) if e is not None}
-
-
-@dataclass(frozen=True)
-class _Column:
-    name: str
-    dtype: Any
-    tail: tuple[int, ...] = ()
-    per_atom: bool = False
-    fill: Any = None
 
 
 FRAME_COLUMNS = (
-    _Column("numbers", "int32", per_atom=True),
-    _Column("positions", "float64", (3,), per_atom=True),
-    _Column("cell", "float64", (3, 3)),
-    _Column("pbc", "bool", (3,)),
-    _Column("charge", "int32"),
-    _Column("multiplicity", "int32"),
-    _Column("defect", str),
-    _Column("seed", str),
-    _Column("generation", "int32", fill=-1),
-    _Column("trajectory", "int32", fill=-1),
-    _Column("step", "int32", fill=-1),
-    _Column("hash", str),
+    Column("numbers", "int32", per_atom=True),
+    Column("positions", "float64", (3,), per_atom=True),
+    Column("cell", "float64", (3, 3)),
+    Column("pbc", "bool", (3,)),
+    Column("charge", "int32"),
+    Column("multiplicity", "int32"),
+    Column("defect", str),
+    Column("seed", str),
+    Column("generation", "int32", fill=-1),
+    Column("trajectory", "int32", fill=-1),
+    Column("step", "int32", fill=-1),
+    Column("hash", str),
 )
 LABEL_COLUMNS = (
-    _Column("forces", "float64", (3,), per_atom=True),
-    _Column("frame", "int64"),
-    _Column("energy", "float64", fill=math.nan),
-    _Column("status", str),
-    _Column("settings_hash", str),
-    _Column("metadata", str),
-    _Column("stress", "float64", (6,), fill=math.nan),
+    Column("forces", "float64", (3,), per_atom=True),
+    Column("frame", "int64"),
+    Column("energy", "float64", fill=math.nan),
+    Column("status", str),
+    Column("settings_hash", str),
+    Column("metadata", str),
+    Column("stress", "float64", (6,), fill=math.nan),
 )
-
-
-def _committed_offsets(raw: np.ndarray, where: str) -> np.ndarray:
-    """Longest written prefix of an offsets array (unwritten entries read -1)."""
-    unwritten = np.flatnonzero(raw < 0)
-    offsets = raw[: unwritten[0]] if unwritten.size else raw
-    if offsets.size == 0:
-        return np.zeros(1, dtype=np.int64)
-    if offsets[0] != 0 or np.any(np.diff(offsets) < 0):
-        raise StoreCorruptedError(f"{where}: offsets must start at 0 and never decrease")
-    return offsets.astype(np.int64)
-
-
-class _Table:
-    """Per-atom columns, per-row columns and an offsets array (commit marker) in one group."""
-
-    def __init__(
-        self, group: zarr.Group, kind: str, columns: Sequence[_Column], offsets: str, writable: bool, root: Path
-    ):
-        self.kind = kind
-        self.columns = columns
-        self.root = root
-        # The offsets first: every other array's metadata is then at least as new as
-        # the commit we read, so the committed prefix lies inside their shapes.
-        self.offsets_array = _node(group, offsets, root)
-        self.offsets = _committed_offsets(self._read_rows(self.offsets_array, 0, self.offsets_array.shape[0]),
-                                          f"{group.path}/{offsets}")
-        self.arrays = {c.name: _node(group, c.name, root) for c in columns}
-        for c in columns:
-            need = self.n_atoms if c.per_atom else self.n_rows
-            if self.arrays[c.name].shape[0] < need:
-                raise StoreCorruptedError(
-                    f"{group.path}/{c.name} has {self.arrays[c.name].shape[0]} rows but the "
-                    f"committed offsets need {need}"
-                )
-        #: Per-atom chunks that cannot be decoded: (column, chunk index) -> error.
-        self.damaged = {
-            (c.name, index): error
-            for c in columns if c.per_atom
-            for index, error in _damaged_chunks(self.arrays[c.name], 0, self.n_atoms, root).items()
-        }
-        if writable and self.damaged:
-            raise next(iter(self.damaged.values()))
-        if writable:
-            self._roll_back()
-
-    def _read_rows(self, array: zarr.Array, start: int, stop: int) -> np.ndarray:
-        """``array[start:stop]``; a chunk that cannot be decoded is an error naming its file."""
-        try:
-            return array[start:stop]
-        except Exception as error:  # a chunk that cannot be decoded, or another error
-            bad = _damaged_chunks(array, start, stop, self.root)
-            if bad:
-                raise next(iter(bad.values())) from error
-            raise
-
-    def check_atoms(self, start: int, stop: int) -> None:
-        """Raise the error naming the file when atom rows [start, stop) touch a damaged chunk."""
-        for (name, index), error in self.damaged.items():
-            length = self.arrays[name].chunks[0]
-            if index * length < stop and start < (index + 1) * length:
-                raise error
-
-    @staticmethod
-    def create(parent: zarr.Group, name: str, columns: Sequence[_Column], offsets: str) -> None:
-        """Create the group; the offsets array last, so a table without it was never created."""
-        group = parent.require_group(name)
-        for c in columns:
-            chunk = ATOM_CHUNK if c.per_atom else ROW_CHUNK
-            if c.name in group:
-                del group[c.name]
-            group.create_array(
-                c.name, shape=(0, *c.tail), chunks=(chunk, *c.tail), dtype=c.dtype,
-                fill_value=c.fill, compressors=COMPRESSOR,
-            )
-        array = group.create_array(offsets, shape=(1,), chunks=(ROW_CHUNK,), dtype="int64", fill_value=-1,
-                                   compressors=COMPRESSOR)
-        array[:] = 0
-
-    @property
-    def n_rows(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def n_atoms(self) -> int:
-        return int(self.offsets[-1])
-
-    def _roll_back(self) -> None:
-        """Cut every array back to the committed prefix (undo a partial append)."""
-        for c in self.columns:
-            array, keep = self.arrays[c.name], self.n_atoms if c.per_atom else self.n_rows
-            if array.shape[0] != keep:
-                array.resize((keep, *c.tail))
-        if self.offsets_array.shape[0] != self.n_rows + 1 or self.n_rows == 0:
-            self.offsets_array.resize((self.n_rows + 1,))
-            if self.n_rows == 0:
-                self.offsets_array[:] = 0
-
-    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        column = next(c for c in self.columns if c.name == name)
-        limit = self.n_atoms if column.per_atom else self.n_rows
-        stop = limit if stop is None else stop
-        if stop <= start:
-            return np.empty((0, *column.tail), dtype=object if column.dtype is str else column.dtype)
-        if column.per_atom:
-            self.check_atoms(start, stop)
-        data = self._read_rows(self.arrays[name], start, stop)
-        return np.array(data.tolist(), dtype=object) if column.dtype is str else data
-
-    def append(self, rows: dict[str, np.ndarray], atoms: dict[str, np.ndarray], counts: np.ndarray) -> None:
-        """Write one batch: per-atom arrays, per-row arrays, then the offsets (commit)."""
-        writes = []
-        for c in self.columns:
-            data, start = (atoms[c.name], self.n_atoms) if c.per_atom else (rows[c.name], self.n_rows)
-            if len(data):
-                writes.append(_grow(self.arrays[c.name].async_array, start, data, c.tail))
-        # All columns at once (the commit comes after every one has landed): ~10x faster
-        # than one blocking call per array.
-        sync(_gather(writes))
-        crash_point(f"store:{self.kind}:before_commit")
-        new = self.n_atoms + np.cumsum(counts, dtype=np.int64)
-        self.offsets_array.resize((self.n_rows + 1 + len(new),))
-        crash_point(f"store:{self.kind}:mid_commit")
-        self.offsets_array[self.n_rows + 1 :] = new
-        self.offsets = np.concatenate([self.offsets, new])
-
-
-async def _gather(coroutines: list) -> list:
-    return await asyncio.gather(*coroutines)
-
-
-async def _grow(array: AsyncArray, start: int, data: np.ndarray, tail: tuple[int, ...]) -> None:
-    # Resize from the committed length, not the array's: a failed append in this
-    # process may have left the array longer.
-    await array.resize((start + len(data), *tail))
-    await array.setitem(slice(start, start + len(data)), data)
-
-
-def _contains(parent: zarr.Group, name: str, root: Path) -> bool:
-    try:
-        return name in parent
-    except Exception as error:  # zarr reads the member's metadata to answer
-        raise _damaged(root / parent.path / name / "zarr.json", error) from error
-
-
-def _table_exists(parent: zarr.Group, name: str, offsets: str, root: Path) -> bool:
-    return _contains(parent, name, root) and _contains(_node(parent, name, root), offsets, root)
-
-
-@dataclass(frozen=True)
-class BulkEnergy:
-    """Relaxed host (bulk) energy at one fidelity: the reference of formation energies."""
-
-    energy_eV: float
-    n_atoms: int
-    settings_hash: str
-
-    @property
-    def energy_per_atom_eV(self) -> float:
-        return self.energy_eV / self.n_atoms
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"energy_eV": self.energy_eV, "n_atoms": self.n_atoms, "settings_hash": self.settings_hash}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BulkEnergy":
-        return cls(float(d["energy_eV"]), int(d["n_atoms"]), str(d["settings_hash"]))
-
-
-def on_grid(values: np.ndarray) -> np.ndarray:
-    """Values (Å) rounded to the storage grid of :data:`GRID_A`: the same doubles that
-    reading their ``%.8f`` text gives (hence the division by the exact 1e8)."""
-    scale = round(1 / GRID_A)
-    return np.rint(np.asarray(values, dtype=np.float64) * scale) / scale
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def _as_int(value: Any, what: str) -> int:
-    number = float(value)
-    if not number.is_integer():
-        raise ValueError(f"{what} must be an integer, got {value!r}")
-    return int(number)
-
-
-@dataclass(frozen=True)
-class _FrameRecord:
-    atoms: Atoms  # on the storage grid
-    hash: str
-    charge: int
-    multiplicity: int
-    defect: str
-    seed: str
-    origin_ints: tuple[int, int, int]
-
-    @classmethod
-    def from_atoms(cls, atoms: Atoms, where: str) -> "_FrameRecord":
-        info = atoms.info
-        charge = _as_int(info.get(CHARGE_KEY, 0), f"{where}: info[{CHARGE_KEY!r}]")
-        multiplicity = _as_int(info.get(SPIN_KEY, 1), f"{where}: info[{SPIN_KEY!r}] (multiplicity 2S+1)")
-        if multiplicity < 1:
-            raise ValueError(f"{where}: info[{SPIN_KEY!r}] is the multiplicity 2S+1 >= 1, got {multiplicity}")
-        defect = info.get(DEFECT_KEY, "")
-        if not isinstance(defect, str):
-            raise ValueError(f"{where}: info[{DEFECT_KEY!r}] must be a doped-style name string like 'v_Si'")
-        origin = info.get(ORIGIN_KEY) or {}
-        unknown = set(origin) - {"seed", *_ORIGIN_INTS}
-        if not isinstance(origin, dict) or unknown:
-            raise ValueError(
-                f"{where}: info[{ORIGIN_KEY!r}] must be a dict with keys seed, generation, "
-                f"trajectory, step; unknown keys {sorted(unknown)}"
-            )
-        seed = origin.get("seed") or ""
-        ints = tuple(-1 if origin.get(k) is None else _as_int(origin[k], f"{where}: origin[{k!r}]") for k in _ORIGIN_INTS)
-        if min(ints) < -1:
-            raise ValueError(f"{where}: origin generation/trajectory/step must be >= 0 (-1 or None: unknown), got {ints}")
-        if len(atoms) == 0:
-            raise ValueError(f"{where}: a frame needs at least one atom")
-        grid = Atoms(numbers=atoms.numbers, positions=on_grid(atoms.positions), cell=on_grid(atoms.cell), pbc=atoms.pbc)
-        return cls(grid, content_hash(grid, charge, multiplicity), charge, multiplicity, defect, str(seed), ints)
-
-
-class _Labels:
-    """In-memory copy of one fidelity's per-row columns and its lookup indexes."""
-
-    def __init__(self, table: _Table):
-        self.table = table
-        self.frame = table.read("frame").astype(np.int64)
-        self.energy = table.read("energy")
-        self.stress = table.read("stress")
-        self.status: list[str] = table.read("status").tolist()
-        self.settings_hash: list[str] = table.read("settings_hash").tolist()
-        self.metadata: list[str] = table.read("metadata").tolist()
-        self.ok_row: dict[tuple[int, str], int] = {}
-        self.failures: Counter[tuple[int, str]] = Counter()
-        self._index(0)
-
-    def _index(self, start: int) -> None:
-        for row in range(start, len(self.status)):
-            key = (int(self.frame[row]), self.settings_hash[row])
-            if self.status[row] == OK:
-                self.ok_row.setdefault(key, row)
-            else:
-                self.failures[key] += 1
-
-    def extend(self, rows: dict[str, np.ndarray]) -> None:
-        start = len(self.status)
-        self.frame = np.concatenate([self.frame, rows["frame"]])
-        self.energy = np.concatenate([self.energy, rows["energy"]])
-        self.stress = np.concatenate([self.stress, rows["stress"]])
-        self.status += rows["status"].tolist()
-        self.settings_hash += rows["settings_hash"].tolist()
-        self.metadata += rows["metadata"].tolist()
-        self._index(start)
 
 
 class Store:
@@ -443,28 +128,28 @@ class Store:
     def __init__(self, path: Path, root: zarr.Group, mode: str, lock: int | None):
         self.path, self.mode, self._root, self._lock = path, mode, root, lock
         writable = mode == "a"
-        self._frames = _Table(_node(root, "frames", path), "frames", FRAME_COLUMNS, "offsets", writable, path)
+        self._frames = Table(node(root, "frames", path), "frames", FRAME_COLUMNS, "offsets", writable, path)
         for error in self._frames.damaged.values():
             warnings.warn(f"{error} Frames with atoms in it cannot be read.", stacklevel=3)
         t = self._frames
         self._cell = t.read("cell")
         self._pbc = t.read("pbc")
-        self._ints = {k: t.read(k).astype(np.int64) for k in ("charge", "multiplicity", *_ORIGIN_INTS)}
+        self._ints = {k: t.read(k).astype(np.int64) for k in ("charge", "multiplicity", *ORIGIN_INTS)}
         self._strs: dict[str, list[str]] = {k: t.read(k).tolist() for k in ("defect", "seed", "hash")}
         self._hash_index = {h: i for i, h in enumerate(self._strs["hash"])}
         if len(self._hash_index) != t.n_rows:
             raise StoreCorruptedError(f"{path}: frames/hash holds duplicate hashes")
-        self._labels: dict[str, _Labels] = {}
+        self._labels: dict[str, LabelIndex] = {}
         #: Label tables a reader skipped because a file of theirs is damaged: fidelity -> error.
         self.damaged: dict[str, StoreCorruptedError] = {}
-        labels = _node(root, "labels", path) if _contains(root, "labels", path) else None
+        labels = node(root, "labels", path) if contains(root, "labels", path) else None
         for name in sorted(labels.group_keys()) if labels is not None else []:
             try:
-                if _table_exists(labels, name, "force_offsets", path):
-                    table = _Table(_node(labels, name, path), "labels", LABEL_COLUMNS, "force_offsets", writable, path)
+                if table_exists(labels, name, "force_offsets", path):
+                    table = Table(node(labels, name, path), "labels", LABEL_COLUMNS, "force_offsets", writable, path)
                     if table.damaged:  # a label table is used whole (training, export): skip it
                         raise next(iter(table.damaged.values()))
-                    self._labels[name] = _Labels(table)
+                    self._labels[name] = LabelIndex(table)
             except StoreCorruptedError as error:
                 if writable:
                     raise
@@ -480,7 +165,7 @@ class Store:
             if not (path / "zarr.json").is_file():
                 raise FileNotFoundError(f"no store at {path}: create it with Store.open(path, mode='a')")
             root = _open_root(path, "r")
-            if not _table_exists(root, "frames", "offsets", path):
+            if not table_exists(root, "frames", "offsets", path):
                 raise FileNotFoundError(f"the store at {path} is still being created; open it again")
             return cls(path, root, mode, None)
         if mode != "a":
@@ -498,11 +183,11 @@ class Store:
                     raise FileExistsError(f"{path} is a zarr group but not an activedefect store")
                 root.attrs.update({FORMAT_KEY: {"version": FORMAT_VERSION}, "bulk_energies": {}})
             _check_format(root, path)
-            if not _table_exists(root, "frames", "offsets", path):
-                _Table.create(root, "frames", FRAME_COLUMNS, "offsets")
+            if not table_exists(root, "frames", "offsets", path):
+                Table.create(root, "frames", FRAME_COLUMNS, "offsets")
             labels = root.require_group("labels")
             for name in list(labels.group_keys()):
-                if not _table_exists(labels, name, "force_offsets", path):
+                if not table_exists(labels, name, "force_offsets", path):
                     del labels[name]  # creation was cut before its commit marker: never used
             return cls(path, root, mode, lock)
         except BaseException:
@@ -538,9 +223,9 @@ class Store:
         self._writable()
         indices: list[int] = []
         new: dict[str, int] = {}
-        records: list[_FrameRecord] = []
+        records: list[FrameRecord] = []
         for k, atoms in enumerate(frames):
-            record = _FrameRecord.from_atoms(atoms, f"frames[{k}]")
+            record = FrameRecord.from_atoms(atoms, f"frames[{k}]")
             index = self._hash_index.get(record.hash, new.get(record.hash))
             if index is None:
                 index = new[record.hash] = self.n_frames + len(records)
@@ -558,7 +243,7 @@ class Store:
             "seed": np.array([r.seed for r in records], dtype=object),
             "hash": np.array([r.hash for r in records], dtype=object),
         }
-        for j, key in enumerate(_ORIGIN_INTS):
+        for j, key in enumerate(ORIGIN_INTS):
             rows[key] = np.array([r.origin_ints[j] for r in records], dtype=np.int32)
         atoms_columns = {
             "numbers": np.concatenate([r.atoms.numbers for r in records]).astype(np.int32),
@@ -581,7 +266,7 @@ class Store:
 
     def find_frame(self, atoms: Atoms) -> int | None:
         """Index of a frame equal to ``atoms`` (hash taken on the storage grid), or None."""
-        return self._hash_index.get(_FrameRecord.from_atoms(atoms, "atoms").hash)
+        return self._hash_index.get(FrameRecord.from_atoms(atoms, "atoms").hash)
 
     def get_frame(self, i: int) -> Atoms:
         """Frame ``i`` with info total_charge, total_spin, defect and origin (when known),
@@ -602,7 +287,7 @@ class Store:
                                      for k in ("numbers", "positions"))) for i in indices]
         lo, hi = int(min(offsets[i] for i in indices)), int(max(offsets[i + 1] for i in indices))
         arrays = self._frames.arrays
-        numbers, positions = sync(_gather([arrays[k].async_array.getitem(slice(lo, hi)) for k in ("numbers", "positions")]))
+        numbers, positions = sync(gather([arrays[k].async_array.getitem(slice(lo, hi)) for k in ("numbers", "positions")]))
         return [self._atoms(i, numbers[offsets[i] - lo : offsets[i + 1] - lo], positions[offsets[i] - lo : offsets[i + 1] - lo]) for i in indices]
 
     def _atoms(self, i: int, numbers: np.ndarray, positions: np.ndarray) -> Atoms:
@@ -611,7 +296,7 @@ class Store:
         atoms.info[SPIN_KEY] = int(self._ints["multiplicity"][i])
         if self._strs["defect"][i]:  # absent rather than "": extxyz cannot write an empty value
             atoms.info[DEFECT_KEY] = self._strs["defect"][i]
-        origin = {k: int(self._ints[k][i]) for k in _ORIGIN_INTS}
+        origin = {k: int(self._ints[k][i]) for k in ORIGIN_INTS}
         if self._strs["seed"][i] or any(v >= 0 for v in origin.values()):
             atoms.info[ORIGIN_KEY] = {"seed": self._strs["seed"][i] or None, **{k: (v if v >= 0 else None) for k, v in origin.items()}}
         atoms.info[HASH_KEY] = self._strs["hash"][i]
@@ -621,8 +306,8 @@ class Store:
     def frame_table(self) -> pd.DataFrame:
         """One row per frame: frame, hash, defect, charge, multiplicity, n_atoms, seed,
         generation, trajectory, step (unknown origin fields are NA)."""
-        origin = {k: pd.array(self._ints[k], dtype="Int64") for k in _ORIGIN_INTS}
-        for k in _ORIGIN_INTS:
+        origin = {k: pd.array(self._ints[k], dtype="Int64") for k in ORIGIN_INTS}
+        for k in ORIGIN_INTS:
             origin[k][self._ints[k] < 0] = pd.NA
         return pd.DataFrame(
             {
@@ -644,7 +329,7 @@ class Store:
     def n_labels(self, fidelity: str) -> int:
         return len(self._labels[fidelity].status) if fidelity in self._labels else 0
 
-    def _fidelity(self, fidelity: str) -> _Labels:
+    def _fidelity(self, fidelity: str) -> LabelIndex:
         if fidelity not in self._labels:
             raise KeyError(f"no labels at fidelity {fidelity!r}; the store has {self.fidelities()}")
         return self._labels[fidelity]
@@ -659,9 +344,9 @@ class Store:
         if not _FIDELITY_RE.match(fidelity):
             raise ValueError(f"fidelity {fidelity!r}: use letters, digits, '_', '-', '.' (e.g. 'xtb', 'pbe')")
         if fidelity not in self._labels:
-            _Table.create(self._root["labels"], fidelity, LABEL_COLUMNS, "force_offsets")
-            table = _Table(self._root["labels"][fidelity], "labels", LABEL_COLUMNS, "force_offsets", True, self.path)
-            self._labels[fidelity] = _Labels(table)
+            Table.create(self._root["labels"], fidelity, LABEL_COLUMNS, "force_offsets")
+            table = Table(self._root["labels"][fidelity], "labels", LABEL_COLUMNS, "force_offsets", True, self.path)
+            self._labels[fidelity] = LabelIndex(table)
         labels = self._labels[fidelity]
         start = len(labels.status)
         out: list[int] = []
@@ -670,7 +355,7 @@ class Store:
         forces: list[np.ndarray] = []
         for k, (frame, result) in enumerate(items):
             where = f"{fidelity} label {k} (frame {frame})"
-            frame = _as_int(frame, f"{where}: frame")
+            frame = as_int(frame, f"{where}: frame")
             if not 0 <= frame < self.n_frames:
                 raise IndexError(f"{where}: frame out of range; add the frame first ({self.n_frames} frames)")
             if not isinstance(result.settings_hash, str) or not result.settings_hash:
@@ -696,7 +381,7 @@ class Store:
             rows["status"].append(result.status)
             rows["settings_hash"].append(result.settings_hash)
             metadata = {**result.metadata, "reason": result.reason}
-            rows["metadata"].append(json.dumps(metadata, sort_keys=True, default=_json_default))
+            rows["metadata"].append(json.dumps(metadata, sort_keys=True, default=json_default))
             rows["stress"].append(stress)
         if not rows["frame"]:
             return out
@@ -895,7 +580,7 @@ def _open_root(path: Path, mode: str) -> zarr.Group:
         root = zarr.open_group(path, mode=mode)
     except Exception as error:  # zarr raises JSON, value or type errors
         if (path / "zarr.json").is_file():
-            raise _damaged(path / "zarr.json", error) from error
+            raise damaged(path / "zarr.json", error) from error
         raise
     if mode == "r" or FORMAT_KEY in root.attrs:
         _check_format(root, path)
