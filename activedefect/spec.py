@@ -146,6 +146,11 @@ class CommitteeSpec(_Block):
         description="extra loss weight of labels near each charge state's lowest: 1 + w·exp(-ΔE/minimum_window_eV)",
     )
     minimum_window_eV: float = Field(default=0.1, gt=0)
+    hot_force_eV_A: float | None = Field(
+        default=1.0, gt=0, description="frames weigh 1/(1 + (F_rms/hot_force_eV_A)^2): distorted seeds at 10-25 eV/Å "
+        "do not own the loss (None: off)"
+    )
+    ema_decay: float | None = Field(default=0.99, gt=0, lt=1, description="saved weights are this moving average")
     model: ModelSpec = ModelSpec()
 
 
@@ -162,6 +167,10 @@ class ExplorationSpec(_Block):
     trust_relative: float = Field(
         default=0.25, ge=0, description="cut a relaxation only where the force spread is also above this fraction "
         "of the largest force (0: the uncertainty policy's trust_hi alone)"
+    )
+    start_head: Literal["low", "high"] | None = Field(
+        default="low", description="relax each start on this head to a minimum first, then on `high` (None: on "
+        "`high` throughout): the dense `low` labels know the way down from a distorted seed"
     )
     continue_unfinished: bool = Field(
         default=True, description="a seed relaxation cut or out of steps goes on from there next generation"

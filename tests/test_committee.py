@@ -472,11 +472,12 @@ def test_loss_weight_spends_the_fit_on_the_weighted_frames(generations, dataset,
         copy.arrays[REF_FORCES_KEY] = a.arrays[REF_FORCES_KEY]
         weighted.append(copy)
     reference = [dataset["low"][i] for i in focus]
+    isolated = TrainSettings(hot_force_eV_A=None, ema_decay=None)  # the loss weights alone
     errors = {}
     for name, frames in (("plain", dataset["low"]), ("weighted", weighted)):
         path = tmp_path / f"{name}.model"
         train_member({"low": frames, "high": []}, CONFIG, seed=0, epochs=3 * WARM_EPOCHS, out_path=path,
-                     init_from=generations["gen0"][0])
+                     init_from=generations["gen0"][0], settings=isolated)
         predictions = Committee.load([path]).predict(reference, "low")
         errors[name] = float(np.sqrt(np.mean([(p.forces_mean_eV_A - a.arrays[REF_FORCES_KEY]) ** 2
                                               for p, a in zip(predictions, reference)])))
@@ -494,3 +495,19 @@ def test_training_and_inference_use_the_gpu_where_torch_sees_one(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda"
     assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
+
+
+def test_hot_frames_weigh_less_the_harder_they_push(tmp_path):
+    """A frame's weight falls as 1/(1 + (F_rms/hot_force)^2): a distorted seed at 10 eV/Å
+    weighs 1 %, a frame near a minimum almost 1; None leaves every frame at 1."""
+    from activedefect.model.mace_model import _hot_force_factor
+
+    def frame(force: float) -> Atoms:
+        atoms = host()
+        atoms.arrays[REF_FORCES_KEY] = np.full((len(atoms), 3), force)
+        return atoms
+
+    assert _hot_force_factor(frame(10.0), 1.0) == pytest.approx(1 / 101)
+    assert _hot_force_factor(frame(0.05), 1.0) == pytest.approx(1 / 1.0025)
+    assert _hot_force_factor(frame(-2.0), 2.0) == pytest.approx(0.5)
+    assert _hot_force_factor(frame(10.0), None) == 1.0

@@ -504,3 +504,42 @@ def test_max_batch_splits_predict_calls_without_changing_results():
     for a, b in zip(whole, split):
         assert a.n_steps == b.n_steps
         np.testing.assert_allclose(a.atoms.positions, b.atoms.positions)
+
+
+class TwoHeadToyCommittee(ToyCommittee):
+    """One set of analytic members per head (``{"low": [...], "high": [...]}``)."""
+
+    def __init__(self, members_by_head):
+        super().__init__(members_by_head["high"])
+        self.members_by_head = members_by_head
+        self.heads_called: list[str] = []
+
+    def predict(self, atoms_list, head):
+        self.heads_called.append(head)
+        self.members = self.members_by_head[head]
+        return super().predict(atoms_list, "high")
+
+
+def test_start_head_relaxes_on_low_first_then_ends_on_the_high_minimum():
+    """A dimer whose `low` bond is 1.0 Å and `high` bond 1.1 Å: relaxed from 2.0 Å on
+    `low` first, it stops at `high`'s minimum, having passed `low`'s on the way."""
+    committee = TwoHeadToyCommittee({"low": [morse(1.0)], "high": [morse(1.1)]})
+    settings = RelaxSettings(fmax_eV_A=1e-3, max_steps=400, frame_interval=1, trust_hi_eV_A=None,
+                             start_head="low", **NO_DROP_LIMIT)
+    (result,) = relax([dimer(1.6)], committee, settings)
+    assert result.status == CONVERGED, result.message
+    bond = lambda atoms: float(np.linalg.norm(atoms.positions[1] - atoms.positions[0]))  # noqa: E731
+    assert bond(result.atoms) == pytest.approx(1.1, abs=1e-3)
+    assert result.energy_eV == pytest.approx(0.0, abs=1e-5)  # the high head's energy at its minimum
+    switch = committee.heads_called.index("high")
+    assert set(committee.heads_called[:switch]) == {"low"} and set(committee.heads_called[switch:]) == {"high"}
+    assert any(bond(f.atoms) == pytest.approx(1.0, abs=2e-3) for f in result.frames)  # low's minimum visited
+    steps = [f.step for f in result.frames]
+    assert steps == sorted(set(steps))  # the switch point is one frame, seen on the final head
+
+
+def test_without_start_head_only_the_final_head_is_asked():
+    committee = TwoHeadToyCommittee({"low": [morse(1.0)], "high": [morse(1.1)]})
+    settings = RelaxSettings(fmax_eV_A=1e-3, max_steps=400, trust_hi_eV_A=None, **NO_DROP_LIMIT)
+    (result,) = relax([dimer(1.6)], committee, settings)
+    assert result.status == CONVERGED and set(committee.heads_called) == {"high"}

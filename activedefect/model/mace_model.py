@@ -194,6 +194,21 @@ class TrainSettings:
     head with data carries the same total weight (a sparse ``high`` head is not
     drowned by a dense ``low`` one). Learning rate decays by a cosine from ``lr`` to
     ``lr * lr_final_factor``; warm starts begin at ``lr * warm_lr_factor``.
+
+    ``hot_force_eV_A`` scales each frame's weight by ``1 / (1 + (F_rms / hot_force_eV_A)^2)``,
+    ``F_rms`` its RMS reference force: a distorted ShakeNBreak seed at 10-25 eV/Å would
+    otherwise own the squared-error loss (a 5 % error there outweighs a 100 % error at
+    a minimum), and ground states are decided where forces are near zero (None: off).
+    ``ema_decay`` keeps an exponential moving average of the weights over optimiser
+    steps and saves it (MACE's own training does the same; None: the last weights).
+
+    A fresh model whose heads differ in size (a head with data but fewer than
+    ``1 / sparse_head_ratio`` of the largest head's frames: ``high`` beside dense ``low``)
+    trains in two stages: the dense heads alone for ``1 - sparse_epochs_fraction`` of the
+    epochs, then every head, the sparse ones starting from a copy of a dense head's
+    readout (their own E0s), at ``lr * warm_lr_factor``. Trained together from scratch, a
+    sparse head's readout overfits its few labels; started from the dense head's, it
+    learns the correction (None: one stage).
     """
 
     lr: float = 0.01
@@ -205,6 +220,10 @@ class TrainSettings:
     balance_heads: bool = True
     clip_grad_norm: float = 10.0
     weight_decay: float = 0.0
+    hot_force_eV_A: float | None = 1.0
+    ema_decay: float | None = 0.99
+    sparse_head_ratio: float | None = 5.0
+    sparse_epochs_fraction: float = 0.25
     num_threads: int = 1
     device: str = "auto"
 
@@ -365,6 +384,14 @@ def fit_e0s(frames: Sequence[Atoms], zs: Sequence[int]) -> np.ndarray:
     energies = np.array([float(a.info[REF_ENERGY_KEY]) for a in frames])
     e0s, *_ = np.linalg.lstsq(counts, energies, rcond=None)
     return e0s
+
+
+def _hot_force_factor(atoms: Atoms, hot_force_eV_A: float | None) -> float:
+    """``1 / (1 + (F_rms / hot_force_eV_A)^2)`` of a labelled frame (1 when off)."""
+    if not hot_force_eV_A:
+        return 1.0
+    rms = float(np.sqrt(np.mean(np.square(atoms.arrays[REF_FORCES_KEY]))))
+    return 1.0 / (1.0 + (rms / hot_force_eV_A) ** 2)
 
 
 def _rms_forces(frames: Sequence[Atoms]) -> float:
@@ -623,7 +650,8 @@ def _train(
         return out
 
     train_graphs = graphs_of(train_frames)
-    frame_weights = [float(a.info.get(LOSS_WEIGHT_KEY, 1.0)) for frames in train_frames.values() for a in frames]
+    frame_weights = [float(a.info.get(LOSS_WEIGHT_KEY, 1.0)) * _hot_force_factor(a, settings.hot_force_eV_A)
+                     for frames in train_frames.values() for a in frames]
     valid_graphs = graphs_of(valid_frames)
     heads_with_data = [h for h in config.heads if train_frames[h]]
 
@@ -660,34 +688,21 @@ def _train(
         share = total / (len(heads_with_data) * head_total) if settings.balance_heads else 1.0
         g.weight = torch.tensor(frame_weight * share * len(train_graphs) / total, dtype=g.positions.dtype)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr0, amsgrad=True, weight_decay=settings.weight_decay)
-    n_batches = max(1, math.ceil(len(train_graphs) / settings.batch_size))
-    total_steps = max(1, epochs * n_batches)
-    final_factor = settings.lr_final_factor
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    )
-    loader = torch_geometric.DataLoader(
-        train_graphs, batch_size=settings.batch_size, shuffle=True, drop_last=False,
-        generator=torch.Generator().manual_seed(seed),
-    )
     initial = _rmse_by_head(model, train_graphs, config.heads, settings.device)
-    history: list[float] = []
-    model.train()
-    for _ in range(epochs):
-        total, count = 0.0, 0
-        for batch in loader:
-            batch = batch.to(settings.device)
-            optimizer.zero_grad(set_to_none=True)
-            loss, _, _ = _loss_terms(model, batch, batch.weight, settings)
-            loss.backward()
-            if settings.clip_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            total += float(loss.detach()) * batch.num_graphs
-            count += batch.num_graphs
-        history.append(total / max(count, 1))
+    sparse = _sparse_heads(train_frames, settings) if init_from is None else []
+    if sparse:  # dense heads first, the sparse ones then start from their readouts
+        dense_graphs = [g for g in train_graphs if config.heads[int(g.head)] not in sparse]
+        dense_epochs = max(1, round(epochs * (1 - settings.sparse_epochs_fraction)))
+        history = optimise(model, dense_graphs, dense_epochs, lr0, settings, seed)
+        source = config.heads.index(next(h for h in heads_with_data if h not in sparse))
+        for head in sparse:
+            copy_head_readouts(model, source, config.heads.index(head))
+            with torch.no_grad():
+                model.atomic_energies_fn.atomic_energies[config.heads.index(head)] = torch.as_tensor(
+                    fit_e0s(train_frames[head], zs), dtype=model.atomic_energies_fn.atomic_energies.dtype)
+        history += optimise(model, train_graphs, epochs - dense_epochs, lr0 * settings.warm_lr_factor, settings, seed)
+    else:
+        history = optimise(model, train_graphs, epochs, lr0, settings, seed)
     model.eval()
     for p in model.parameters():
         p.grad = None
@@ -717,6 +732,63 @@ def _train(
     save_model_atomic(model, out_path)
     log.info("member %s written (%s start, %.1f s, train RMSE %s)", out_path, start, report.wall_s, report.train_rmse)
     return report
+
+
+def _sparse_heads(train_frames: Mapping[str, Sequence[Atoms]], settings: TrainSettings) -> list[str]:
+    """Heads with data but fewer than ``1 / sparse_head_ratio`` of the largest head's frames."""
+    sizes = {head: len(frames) for head, frames in train_frames.items() if frames}
+    if not settings.sparse_head_ratio or len(sizes) < 2:
+        return []
+    return [head for head, n in sizes.items() if n * settings.sparse_head_ratio < max(sizes.values())]
+
+
+def optimise(model: torch.nn.Module, graphs: Sequence[Any], epochs: int, lr0: float, settings: TrainSettings,
+             seed: int) -> list[float]:
+    """``epochs`` of Adam (amsgrad) over ``graphs`` (each with its ``weight``), the rate
+    cosine-decayed from ``lr0`` to ``lr0 * lr_final_factor``; with ``ema_decay`` the model
+    ends holding the moving average. Returns the mean loss of every epoch."""
+    if epochs < 1 or not graphs:
+        return []
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr0, amsgrad=True, weight_decay=settings.weight_decay)
+    n_batches = max(1, math.ceil(len(graphs) / settings.batch_size))
+    total_steps = max(1, epochs * n_batches)
+    final_factor = settings.lr_final_factor
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    )
+    loader = torch_geometric.DataLoader(
+        graphs, batch_size=settings.batch_size, shuffle=True, drop_last=False,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    history: list[float] = []
+    ema = [p.detach().clone() for p in model.parameters()] if settings.ema_decay else None
+    n_updates = 0
+    model.train()
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for batch in loader:
+            batch = batch.to(settings.device)
+            optimizer.zero_grad(set_to_none=True)
+            loss, _, _ = _loss_terms(model, batch, batch.weight, settings)
+            loss.backward()
+            if settings.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:  # decay warms up (TensorFlow's num_updates rule): short runs still move
+                n_updates += 1
+                decay = min(settings.ema_decay, (1 + n_updates) / (10 + n_updates))
+                with torch.no_grad():
+                    for average, p in zip(ema, model.parameters()):
+                        average.lerp_(p.detach(), 1.0 - decay)
+            total += float(loss.detach()) * batch.num_graphs
+            count += batch.num_graphs
+        history.append(total / max(count, 1))
+    if ema is not None:
+        with torch.no_grad():
+            for average, p in zip(ema, model.parameters()):
+                p.copy_(average)
+    return history
 
 
 def copy_head_readouts(model: torch.nn.Module, src: int, dst: int) -> None:

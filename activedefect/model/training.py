@@ -41,7 +41,9 @@ def committee_config(spec: CampaignSpec, seeds: list[dict], elements: list[str])
 
 
 def train_settings(spec: CampaignSpec) -> TrainSettings:
-    return TrainSettings(lr=spec.committee.learning_rate, batch_size=spec.committee.batch_size)
+    committee = spec.committee
+    return TrainSettings(lr=committee.learning_rate, batch_size=committee.batch_size,
+                         hot_force_eV_A=committee.hot_force_eV_A, ema_decay=committee.ema_decay)
 
 
 def training_data(

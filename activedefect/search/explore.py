@@ -88,7 +88,13 @@ class RelaxSettings:
 
     ``trust_hi_eV_A=None`` never cuts; ``trust_relative=0`` cuts on the absolute spread
     alone; ``frame_interval`` keeps steps 0, n, 2n, ... and
-    always the last frame. ``max_batch=None`` evaluates all running structures in one
+    always the last frame. ``start_head`` (e.g. ``"low"``, the densely labelled head)
+    relaxes each structure on that head first, until its forces fall below ``fmax_eV_A``,
+    then goes on from there on ``head`` with a fresh FIRE state: far from a minimum,
+    where forces are many eV/Å and only ``low`` labels exist, the dense head knows the
+    way down; near the minimum, where the sparse ``high`` labels lie, ``head`` decides
+    where it ends (the screen-then-refine of ShakeNBreak, on the model; ``max_steps``
+    counts both stretches). ``max_batch=None`` evaluates all running structures in one
     ``predict`` call per step (one model call per member: best on a GPU); a number splits
     them into calls of at most that many structures (on one CPU thread, 2-4 structures of
     ~60 atoms per call run fastest, see docs/policies.md).
@@ -103,6 +109,7 @@ class RelaxSettings:
     max_energy_drop_eV_per_atom: float = 1.0
     max_step_drop_eV_per_atom: float = 0.5
     head: str = "high"
+    start_head: str | None = None
     max_batch: int | None = None
     fire: FireParams = FireParams()
 
@@ -216,6 +223,18 @@ class BatchFIRE:
         self.vel = vel
         return positions + factor[seg][:, None] * dr
 
+    def restart(self, mask: np.ndarray) -> None:
+        """Start the structures where ``mask`` is true afresh (zero velocity, initial dt
+        and alpha), as a new ``ase.optimize.FIRE`` would: their forces changed under them."""
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            return
+        self.vel[mask[self.seg]] = 0.0
+        self.started[mask] = False
+        self.dt[mask] = self.params.dt
+        self.a[mask] = self.params.a
+        self.n_downhill[mask] = 0
+
     def keep(self, mask: np.ndarray) -> None:
         """Drop the structures where ``mask`` is false (finished ones leave the batch)."""
         mask = np.asarray(mask, dtype=bool)
@@ -296,6 +315,8 @@ class _Trajectory:
         self.e_prev: float | None = None
         self.forces: np.ndarray | None = None
         self.last: Frame | None = None
+        self.head = settings.start_head or settings.head
+        self.switched = False
 
     def _frame(self, pred: Prediction, fmax: float) -> Frame:
         atoms = self.atoms.copy()
@@ -348,19 +369,30 @@ class _Trajectory:
         frame = self._frame(pred, fmax)
         self.last = frame
         self.forces = forces
-        if self.step % s.frame_interval == 0:
+        if self.frames and self.frames[-1].step == self.step:
+            self.frames[-1] = frame  # the same geometry seen again on the final head
+        elif self.step % s.frame_interval == 0:
             self.frames.append(frame)
         limit = s.trust_limit_eV_A(fmax)
         if limit is not None and frame.max_force_std_eV_A > limit:
             frame.cut = True
             self.status = CUT_UNTRUSTED
             self.message = f"max force spread {frame.max_force_std_eV_A:.3f} eV/Å > {limit:.3f} (trust limit)"
+        elif fmax < s.fmax_eV_A and self.head != s.head:
+            self.switch_head()
         elif fmax < s.fmax_eV_A:
             self.status = CONVERGED
         elif self.step >= s.max_steps:
             self.status = MAX_STEPS
         if self.status is not None:
             self._keep_last()
+
+    def switch_head(self) -> None:
+        """Go on from here on the final head: its energies have another reference, so
+        the explosion tests restart from its first prediction."""
+        self.head = self.settings.head
+        self.e0 = self.e_prev = None
+        self.switched = True
 
     def result(self) -> RelaxResult:
         last = self.last
@@ -408,15 +440,23 @@ def relax(
     fire = BatchFIRE([len(t.atoms) for t in active], settings.fire)
     chunk = settings.max_batch or max(len(trajs), 1)
     while active:
-        preds = [
-            p
-            for start in range(0, len(active), chunk)
-            for p in model.predict([t.atoms for t in active[start : start + chunk]], settings.head)
-        ]
-        if len(preds) != len(active):
-            raise RuntimeError(f"model.predict returned {len(preds)} predictions for {len(active)} structures")
+        preds: list[Prediction | None] = [None] * len(active)
+        for head in {t.head for t in active}:
+            on_head = [i for i, t in enumerate(active) if t.head == head]
+            for start in range(0, len(on_head), chunk):
+                batch = on_head[start : start + chunk]
+                got = model.predict([active[i].atoms for i in batch], head)
+                if len(got) != len(batch):
+                    raise RuntimeError(f"model.predict returned {len(got)} predictions for {len(batch)} structures")
+                for i, pred in zip(batch, got):
+                    preds[i] = pred
         for traj, pred in zip(active, preds):
             traj.observe(pred)
+        switched = np.array([t.switched for t in active])
+        for traj in (t for t, s in zip(active, switched) if s):
+            traj.switched = False
+            traj.observe(model.predict([traj.atoms], traj.head)[0])
+        fire.restart(switched)
         running = np.array([t.status is None for t in active])
         fire.keep(running)
         active = [t for t, keep in zip(active, running) if keep]

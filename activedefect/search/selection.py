@@ -84,7 +84,7 @@ def relax_settings(spec: CampaignSpec, trust_hi: float | None) -> RelaxSettings:
     e = spec.exploration
     return RelaxSettings(fmax_eV_A=e.fmax_eV_A, max_steps=e.max_steps, frame_interval=e.frame_interval,
                          trust_hi_eV_A=trust_hi, trust_relative=e.trust_relative, min_distance_A=e.min_distance_A,
-                         head="high", max_batch=CPU_BATCH)
+                         head="high", start_head=e.start_head, max_batch=CPU_BATCH)
 
 
 def explore_task(model_paths: list[Path], starts: list[Atoms], settings: RelaxSettings, generation: int,
