@@ -147,10 +147,14 @@ class CommitteeSpec(_Block):
     )
     minimum_window_eV: float = Field(default=0.1, gt=0)
     hot_force_eV_A: float | None = Field(
-        default=1.0, gt=0, description="frames weigh 1/(1 + (F_rms/hot_force_eV_A)^2): distorted seeds at 10-25 eV/Å "
+        default=None, gt=0, description="frames weigh 1/(1 + (F_rms/hot_force_eV_A)^2): distorted seeds at 10-25 eV/Å "
         "do not own the loss (None: off)"
     )
-    ema_decay: float | None = Field(default=0.99, gt=0, lt=1, description="saved weights are this moving average")
+    ema_decay: float | None = Field(default=None, gt=0, lt=1, description="saved weights are this moving average")
+    sparse_head_ratio: float | None = Field(
+        default=None, gt=1, description="a fresh model trains a head with < 1/ratio of the largest head's labels "
+        "after the dense heads (None: all heads at once)"
+    )
     model: ModelSpec = ModelSpec()
 
 
@@ -169,7 +173,7 @@ class ExplorationSpec(_Block):
         "of the largest force (0: the uncertainty policy's trust_hi alone)"
     )
     start_head: Literal["low", "high"] | None = Field(
-        default="low", description="relax each start on this head to a minimum first, then on `high` (None: on "
+        default=None, description="relax each start on this head to a minimum first, then on `high` (None: on "
         "`high` throughout): the dense `low` labels know the way down from a distorted seed"
     )
     continue_unfinished: bool = Field(

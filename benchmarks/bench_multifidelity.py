@@ -20,8 +20,9 @@ Printed, per training variant, side by side:
   `high`) and the brute force's own `high` calls.
 
 Variants: ``plain`` (squared-error loss, last weights, both heads from the start),
-``robust`` (hot frames down-weighted, EMA weights), ``staged`` (the defaults: robust, and
-the sparse `high` head joins after the dense `low` one has trained), ``high-only`` (a
+``robust`` (hot frames down-weighted, EMA weights), ``staged`` (robust, and the sparse
+`high` head joins after the dense `low` one has trained; the spec's
+``committee: {hot_force_eV_A: 1, ema_decay: 0.99, sparse_head_ratio: 5}``), ``high-only`` (a
 model trained on the `high` single points alone, no `low` head data). ``NAME+field=value``
 changes a TrainSettings field of a variant (``staged+energy_weight=100``).
 """
@@ -53,11 +54,12 @@ from activedefect.search.explore import RelaxSettings, relax  # noqa: E402
 from activedefect.spec import load_spec  # noqa: E402
 
 NEAR_MINIMUM_EV = 1.0
+ROBUST = TrainSettings(hot_force_eV_A=1.0, ema_decay=0.99)
 VARIANTS = {
-    "plain": TrainSettings(hot_force_eV_A=None, ema_decay=None, sparse_head_ratio=None),
-    "robust": TrainSettings(sparse_head_ratio=None),
-    "staged": TrainSettings(),
-    "high-only": TrainSettings(),
+    "plain": TrainSettings(),
+    "robust": ROBUST,
+    "staged": replace(ROBUST, sparse_head_ratio=5.0),
+    "high-only": ROBUST,
 }
 
 

@@ -12,7 +12,7 @@ from ase import Atoms
 from ase.optimize import FIRE
 
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY, displacement
-from activedefect.model.committee import Committee, ModelConfig, train_member
+from activedefect.model.committee import Committee, ModelConfig, TrainSettings, train_member
 from activedefect.model.mace_model import REF_ENERGY_KEY, REF_FORCES_KEY
 from activedefect.model.training import emphasize_minima
 from activedefect.oracle.backends import get_backend
@@ -71,7 +71,7 @@ def test_a_committee_relaxation_from_a_distorted_seed_reaches_the_oracles_minimu
         emphasize_minima(frames, weight=100.0, window_eV=0.1)
         model = tmp_path / f"member-{round_}.model"
         train_member({"low": frames}, config, seed=0, epochs=40 if previous is None else 15, out_path=model,
-                     init_from=previous)
+                     init_from=previous, settings=TrainSettings(hot_force_eV_A=1.0, ema_decay=0.99))
         previous = model
         (result,) = relax([start], Committee.load([model], "cpu"), relax_settings)
         reached.append(displacement(result.atoms, minimum).rmsd_A)

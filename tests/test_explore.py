@@ -7,7 +7,7 @@ mechanics are under test; the MACE tests at the end use a real trained committee
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -23,6 +23,7 @@ from activedefect.search.explore import (
     CONVERGED,
     CUT_UNTRUSTED,
     EXPLODED,
+    HEAD_KEY,
     MAX_STEPS,
     BatchFIRE,
     FireParams,
@@ -543,3 +544,18 @@ def test_without_start_head_only_the_final_head_is_asked():
     settings = RelaxSettings(fmax_eV_A=1e-3, max_steps=400, trust_hi_eV_A=None, **NO_DROP_LIMIT)
     (result,) = relax([dimer(1.6)], committee, settings)
     assert result.status == CONVERGED and set(committee.heads_called) == {"high"}
+
+
+def test_a_continued_start_goes_on_on_the_head_its_relaxation_had_reached():
+    """A relaxation stopped on `high` (cut, out of steps) and continued next generation
+    does not go back to `low`: the start carries the head it had reached."""
+    committee = TwoHeadToyCommittee({"low": [morse(1.0)], "high": [morse(1.1)]})
+    settings = RelaxSettings(fmax_eV_A=1e-3, max_steps=400, trust_hi_eV_A=None, start_head="low", **NO_DROP_LIMIT)
+    (first,) = relax([dimer(1.6)], committee, replace(settings, max_steps=60))
+    assert first.status == MAX_STEPS and first.head == "high"
+    start = dimer(1.6)
+    start.positions = first.atoms.positions
+    start.info[HEAD_KEY] = first.head
+    committee.heads_called.clear()
+    (second,) = relax([start], committee, settings)
+    assert second.status == CONVERGED and set(committee.heads_called) == {"high"}

@@ -220,9 +220,9 @@ class TrainSettings:
     balance_heads: bool = True
     clip_grad_norm: float = 10.0
     weight_decay: float = 0.0
-    hot_force_eV_A: float | None = 1.0
-    ema_decay: float | None = 0.99
-    sparse_head_ratio: float | None = 5.0
+    hot_force_eV_A: float | None = None
+    ema_decay: float | None = None
+    sparse_head_ratio: float | None = None
     sparse_epochs_fraction: float = 0.25
     num_threads: int = 1
     device: str = "auto"

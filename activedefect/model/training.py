@@ -43,7 +43,8 @@ def committee_config(spec: CampaignSpec, seeds: list[dict], elements: list[str])
 def train_settings(spec: CampaignSpec) -> TrainSettings:
     committee = spec.committee
     return TrainSettings(lr=committee.learning_rate, batch_size=committee.batch_size,
-                         hot_force_eV_A=committee.hot_force_eV_A, ema_decay=committee.ema_decay)
+                         hot_force_eV_A=committee.hot_force_eV_A, ema_decay=committee.ema_decay,
+                         sparse_head_ratio=committee.sparse_head_ratio)
 
 
 def training_data(

@@ -41,6 +41,9 @@ from ase import Atoms
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, displacement
 from activedefect.store.zarr_store import ORIGIN_KEY
 
+#: ``atoms.info`` key of a start that continues a relaxation: the head it had reached.
+HEAD_KEY = "relax_head"
+
 CONVERGED = "converged"
 MAX_STEPS = "max_steps"
 CUT_UNTRUSTED = "cut_untrusted"
@@ -164,6 +167,7 @@ class RelaxResult:
     n_steps: int
     frames: list[Frame] = field(default_factory=list)
     message: str = ""
+    head: str | None = None  # the head of its last step (None: the settings' final head)
 
     @property
     def is_minimum(self) -> bool:
@@ -315,7 +319,8 @@ class _Trajectory:
         self.e_prev: float | None = None
         self.forces: np.ndarray | None = None
         self.last: Frame | None = None
-        self.head = settings.start_head or settings.head
+        # a relaxation continued from where an earlier one stopped goes on on that one's head
+        self.head = seed_atoms.info.get(HEAD_KEY) or settings.start_head or settings.head
         self.switched = False
 
     def _frame(self, pred: Prediction, fmax: float) -> Frame:
@@ -415,6 +420,7 @@ class _Trajectory:
             n_steps=self.step,
             frames=self.frames,
             message=self.message,
+            head=self.head,
         )
 
 
@@ -441,7 +447,7 @@ def relax(
     chunk = settings.max_batch or max(len(trajs), 1)
     while active:
         preds: list[Prediction | None] = [None] * len(active)
-        for head in {t.head for t in active}:
+        for head in sorted({t.head for t in active}):
             on_head = [i for i, t in enumerate(active) if t.head == head]
             for start in range(0, len(on_head), chunk):
                 batch = on_head[start : start + chunk]

@@ -18,7 +18,7 @@ from activedefect.execution.cluster import workers_offering
 from activedefect.execution.reporting import Reporter
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY
 from activedefect.search.basins import Basin, group_basins
-from activedefect.search.explore import UNFINISHED, RelaxResult, RelaxSettings, exploration_starts, relax, seed_name
+from activedefect.search.explore import HEAD_KEY, UNFINISHED, RelaxResult, RelaxSettings, exploration_starts, relax, seed_name
 from activedefect.search.policies import SelectionContext, candidate_table, load_policy, mean_pooled, select
 from activedefect.seeds.defects import charged_name
 from activedefect.spec import FIDELITIES, CampaignSpec
@@ -182,16 +182,18 @@ def continued_starts(
     defect, charge, seed). Labels taken there teach the next committee that stretch, so
     the relaxation goes on rather than walking the same path from the seed and being cut
     again: a distorted seed reaches its basin over generations, however far it lies."""
-    stopped = {(r.defect, r.charge, r.seed): r.atoms for r in previous if r.status in UNFINISHED}
+    stopped = {(r.defect, r.charge, r.seed): r for r in previous if r.status in UNFINISHED}
     starts = []
     for seed in seeds:
         lineage = _lineage(seed)
         if lineage not in stopped:
             starts.append(seed)
             continue
-        end = oracle_ends.get(lineage, stopped[lineage])
+        end = oracle_ends.get(lineage, stopped[lineage].atoms)
         start = Atoms(end.numbers, positions=end.positions, cell=end.cell, pbc=end.pbc)
         start.info.update({k: seed.info[k] for k in (CHARGE_KEY, SPIN_KEY, DEFECT_KEY, ORIGIN_KEY) if k in seed.info})
+        if stopped[lineage].head is not None:  # on the head it had reached (exploration.start_head)
+            start.info[HEAD_KEY] = stopped[lineage].head
         starts.append(start)
     return starts
 
