@@ -48,7 +48,8 @@ from ase import Atoms  # noqa: E402
 import mf_data  # noqa: E402
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY, displacement  # noqa: E402
 from activedefect.model.committee import Committee, ModelConfig, TrainSettings, evaluate, split_holdout, train_member  # noqa: E402
-from activedefect.model.mace_model import REF_ENERGY_KEY, REF_FORCES_KEY  # noqa: E402
+from activedefect.model.mace_model import REF_ENERGY_KEY  # noqa: E402
+from activedefect.model.training import labelled_frame  # noqa: E402
 from activedefect.search.basins import group_basins  # noqa: E402
 from activedefect.search.explore import RelaxSettings, relax  # noqa: E402
 from activedefect.spec import load_spec  # noqa: E402
@@ -102,15 +103,8 @@ def label_high(frames: list[Atoms], spec, cache) -> list[Atoms]:
 
     fid = spec.fidelities["high"]
     backend = get_backend(fid.backend, dict(fid.settings))
-    out = []
-    for atoms in frames:
-        result = backend.calculate(atoms, int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY]))
-        if not result.ok:
-            continue
-        copy = atoms.copy()
-        copy.info[REF_ENERGY_KEY] = result.energy_eV
-        copy.arrays[REF_FORCES_KEY] = result.forces_eV_A
-        out.append(copy)
+    labels = [backend.calculate(atoms, int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY])) for atoms in frames]
+    out = [labelled_frame(atoms, label) for atoms, label in zip(frames, labels) if label.ok]
     write(cache, out)
     return out
 

@@ -24,44 +24,29 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 from ase import Atoms  # noqa: E402
-from ase.calculators.calculator import CalculationFailed  # noqa: E402
 from ase.io import read, write  # noqa: E402
-from ase.optimize import FIRE  # noqa: E402
 
-from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY  # noqa: E402
-from activedefect.model.mace_model import REF_ENERGY_KEY, REF_FORCES_KEY  # noqa: E402
+from activedefect.geometry import CHARGE_KEY  # noqa: E402
+from activedefect.model.mace_model import REF_ENERGY_KEY  # noqa: E402
+from activedefect.model.training import labelled_frame  # noqa: E402
+from activedefect.oracle.tasks import BackendCall, relax_with_oracle  # noqa: E402
 from activedefect.seeds.preparation import build_campaign_seeds  # noqa: E402
 from activedefect.spec import FIDELITIES, load_spec  # noqa: E402
 
 
 def relax_seed(backend: str, settings: dict, atoms: Atoms, fmax: float, steps: int) -> tuple[list[Atoms], float]:
-    """Every step of a FIRE relaxation of ``atoms`` with the backend, labelled; wall seconds."""
-    from activedefect.oracle.backends import get_backend
-
-    oracle = get_backend(backend, settings)
-    charge, multiplicity = int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY])
-    frames: list[Atoms] = []
+    """Every step of the backend's FIRE relaxation of ``atoms`` (the campaign's oracle
+    relaxation), labelled, with ``seed`` and ``step`` in info; wall seconds."""
     start = time.perf_counter()
-
-    calc = oracle.calculator(charge, multiplicity)
-    work = Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    work.calc = calc
+    relaxation = relax_with_oracle(BackendCall(backend, settings, timeout_s=None, retries=1), atoms, fmax, steps,
+                                   known={})
     seed = atoms.info["seed"] if "seed" in atoms.info else atoms.info["origin"]["seed"]
-
-    def keep() -> None:
-        frame = Atoms(work.numbers, positions=work.positions, cell=work.cell, pbc=work.pbc)
-        frame.info.update({CHARGE_KEY: charge, SPIN_KEY: multiplicity, DEFECT_KEY: atoms.info[DEFECT_KEY],
-                           "seed": seed, "step": len(frames),
-                           REF_ENERGY_KEY: float(work.get_potential_energy())})
-        frame.arrays[REF_FORCES_KEY] = work.get_forces().copy()
+    frames = []
+    for step, (frame, label) in enumerate(path for path in relaxation.path if path[1].ok):
+        frame = labelled_frame(frame, label)
+        frame.info.pop("origin", None)
+        frame.info.update({"seed": seed, "step": step})
         frames.append(frame)
-
-    optimizer = FIRE(work, logfile=None)
-    optimizer.attach(keep, interval=1)
-    try:
-        optimizer.run(fmax=fmax, steps=steps)
-    except CalculationFailed:
-        pass
     return frames, time.perf_counter() - start
 
 

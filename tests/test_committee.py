@@ -497,7 +497,7 @@ def test_training_and_inference_use_the_gpu_where_torch_sees_one(monkeypatch):
     assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
 
 
-def test_hot_frames_weigh_less_the_harder_they_push(tmp_path):
+def test_hot_frames_weigh_less_the_harder_they_push():
     """A frame's weight falls as 1/(1 + (F_rms/hot_force)^2): a distorted seed at 10 eV/Å
     weighs 1 %, a frame near a minimum almost 1; None leaves every frame at 1."""
     from activedefect.model.mace_model import _hot_force_factor
@@ -511,3 +511,24 @@ def test_hot_frames_weigh_less_the_harder_they_push(tmp_path):
     assert _hot_force_factor(frame(0.05), 1.0) == pytest.approx(1 / 1.0025)
     assert _hot_force_factor(frame(-2.0), 2.0) == pytest.approx(0.5)
     assert _hot_force_factor(frame(10.0), None) == 1.0
+
+
+def test_a_sparse_head_joins_after_the_dense_one_with_its_own_e0s(dataset, tmp_path):
+    """Fresh training with ``sparse_head_ratio``: `high` (≈ 6 labels beside 64 `low`) starts
+    from `low`'s readout but keeps the E0s fitted to its own labels, and ends predicting
+    its own fidelity, not `low`'s."""
+    from activedefect.model.mace_model import fit_e0s
+
+    path = tmp_path / "staged.model"
+    report = train_member({"low": dataset["low"], "high": dataset["high"]}, CONFIG, seed=0, epochs=8,
+                          out_path=path, settings=TrainSettings(sparse_head_ratio=5.0))
+    assert report.fitted_heads == ["low", "high"] and len(report.loss_history) == 8
+    model = load_model(path, "cpu")
+    e0 = model.atomic_energies_fn.atomic_energies.detach().numpy()
+    assert np.allclose(e0[1], fit_e0s(dataset["high"], CONFIG.atomic_numbers), atol=1e-3)
+    assert not np.allclose(e0[0], e0[1], atol=1e-3)
+    member = Committee.load([path])
+    on_high = [p.energy_mean_eV for p in member.predict(dataset["high"], "high")]
+    on_low = [p.energy_mean_eV for p in member.predict(dataset["high"], "low")]
+    ref = [a.info[REF_ENERGY_KEY] for a in dataset["high"]]
+    assert np.abs(np.subtract(on_high, ref)).mean() < np.abs(np.subtract(on_low, ref)).mean()

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.optimize import FIRE
 
-from activedefect.geometry import CHARGE_KEY, SPIN_KEY, displacement
+from activedefect.geometry import displacement
 from activedefect.model.committee import Committee, ModelConfig, TrainSettings, train_member
-from activedefect.model.mace_model import REF_ENERGY_KEY, REF_FORCES_KEY
-from activedefect.model.training import emphasize_minima
-from activedefect.oracle.backends import get_backend
+from activedefect.model.mace_model import REF_FORCES_KEY
+from activedefect.model.training import emphasize_minima, labelled_frame
+from activedefect.oracle.tasks import BackendCall, relax_with_oracle
 from activedefect.search.explore import CONVERGED, RelaxSettings, relax
 from activedefect.seeds.preparation import build_campaign_seeds
 from activedefect.spec import load_spec
@@ -24,23 +23,11 @@ QUICKSTART = Path(__file__).parents[1] / "campaigns" / "quickstart.yaml"
 
 
 def oracle_path(atoms: Atoms, settings: dict, fmax: float = 0.01, steps: int = 300) -> tuple[list[Atoms], bool]:
-    """Every step of an xTB FIRE relaxation of ``atoms``, labelled as MACE reads labels,
-    and whether it converged (``steps=0``: one labelled frame)."""
-    charge, multiplicity = int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY])
-    work = Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    work.calc = get_backend("xtb", settings).calculator(charge, multiplicity)
-    frames: list[Atoms] = []
-
-    def keep() -> None:
-        frame = Atoms(work.numbers, positions=work.positions, cell=work.cell, pbc=work.pbc)
-        frame.info.update({CHARGE_KEY: charge, SPIN_KEY: multiplicity, "defect": atoms.info["defect"],
-                           REF_ENERGY_KEY: float(work.get_potential_energy())})
-        frame.arrays[REF_FORCES_KEY] = work.get_forces().copy()
-        frames.append(frame)
-
-    optimizer = FIRE(work, logfile=None)
-    optimizer.attach(keep)
-    converged = optimizer.run(fmax=fmax, steps=steps)
+    """Every step of the campaign's oracle relaxation of ``atoms`` (xTB, FIRE), labelled as
+    MACE reads labels, and whether it converged (``steps=0``: one labelled frame)."""
+    relaxation = relax_with_oracle(BackendCall("xtb", settings, timeout_s=None, retries=1), atoms, fmax, steps, known={})
+    frames = [labelled_frame(frame, label) for frame, label in relaxation.path]
+    converged = bool(np.linalg.norm(frames[-1].arrays[REF_FORCES_KEY], axis=1).max() < fmax)
     return frames, converged
 
 
@@ -78,7 +65,6 @@ def test_a_committee_relaxation_from_a_distorted_seed_reaches_the_oracles_minimu
         if result.status == CONVERGED and reached[-1] <= 0.05:
             break
         for frame in result.frames:  # label where the committee went, as the loop does
-            frame.atoms.info.pop("origin", None)
             frames += oracle_path(frame.atoms, settings, steps=0)[0]
     assert displacement(seed.atoms, minimum).rmsd_A > 0.2, "the seed starts far from its minimum"
     assert result.status == CONVERGED and reached[-1] <= 0.05, (reached, len(frames))

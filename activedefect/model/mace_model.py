@@ -696,11 +696,12 @@ def _train(
         dense_epochs = max(1, round(epochs * (1 - settings.sparse_epochs_fraction)))
         history = optimise(model, dense_graphs, dense_epochs, lr0, settings, seed)
         source = config.heads.index(next(h for h in heads_with_data if h not in sparse))
-        for head in sparse:
-            copy_head_readouts(model, source, config.heads.index(head))
+        e0 = model.atomic_energies_fn.atomic_energies
+        for index in (config.heads.index(head) for head in sparse):
+            own_e0 = e0[index].clone()  # fitted to the head's own labels (_set_head_references)
+            copy_head_readouts(model, source, index)
             with torch.no_grad():
-                model.atomic_energies_fn.atomic_energies[config.heads.index(head)] = torch.as_tensor(
-                    fit_e0s(train_frames[head], zs), dtype=model.atomic_energies_fn.atomic_energies.dtype)
+                e0[index] = own_e0
         history += optimise(model, train_graphs, epochs - dense_epochs, lr0 * settings.warm_lr_factor, settings, seed)
     else:
         history = optimise(model, train_graphs, epochs, lr0, settings, seed)

@@ -12,8 +12,9 @@ import torch
 from ase import Atoms
 
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY
+from activedefect.labels import LabelResult
 from activedefect.model.committee import ModelConfig, TrainSettings, split_holdout, train_member
-from activedefect.model.mace_model import LOSS_WEIGHT_KEY, REF_ENERGY_KEY
+from activedefect.model.mace_model import LOSS_WEIGHT_KEY, REF_ENERGY_KEY, REF_FORCES_KEY
 from activedefect.spec import FIDELITIES, CampaignSpec
 from activedefect.store.zarr_store import Store
 
@@ -60,6 +61,17 @@ def training_data(
         emphasize_minima(frames, minimum_weight, minimum_window_eV)
         train[fidelity], valid[fidelity] = split_holdout(frames, valid_fraction)
     return train, valid
+
+
+def labelled_frame(atoms: Atoms, label: LabelResult) -> Atoms:
+    """A copy of ``atoms`` carrying an ok oracle label where MACE training reads it."""
+    if not label.ok:
+        raise ValueError(f"a {label.status} label carries no energy or forces: {label.reason}")
+    frame = atoms.copy()
+    frame.calc = None
+    frame.info[REF_ENERGY_KEY] = float(label.energy_eV)
+    frame.arrays[REF_FORCES_KEY] = np.array(label.forces_eV_A)
+    return frame
 
 
 def emphasize_minima(frames: list[Atoms], weight: float, window_eV: float) -> None:

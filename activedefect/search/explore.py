@@ -458,11 +458,6 @@ def relax(
                     preds[i] = pred
         for traj, pred in zip(active, preds):
             traj.observe(pred)
-        switched = np.array([t.switched for t in active])
-        for traj in (t for t, s in zip(active, switched) if s):
-            traj.switched = False
-            traj.observe(model.predict([traj.atoms], traj.head)[0])
-        fire.restart(switched)
         running = np.array([t.status is None for t in active])
         fire.keep(running)
         active = [t for t, keep in zip(active, running) if keep]
@@ -471,12 +466,19 @@ def relax(
         positions = np.concatenate([t.atoms.positions for t in active])
         forces = np.concatenate([t.forces for t in active])
         new_positions = fire.step(positions, forces)
+        # a structure that has just switched heads stays where it is, to be asked on its new
+        # head with the rest of the batch next iteration, and starts FIRE afresh
+        switched = np.array([t.switched for t in active])
+        fire.restart(switched)
         start = 0
         sound = np.ones(len(active), dtype=bool)
         for i, traj in enumerate(active):
             n = len(traj.atoms)
-            traj.atoms.positions = new_positions[start : start + n]
             start += n
+            if traj.switched:
+                traj.switched = False
+                continue
+            traj.atoms.positions = new_positions[start - n : start]
             traj.step += 1
             shortest = _too_close(traj.atoms, settings.min_distance_A)
             if shortest is not None:
