@@ -33,7 +33,13 @@ from ase.build import bulk  # noqa: E402
 from ase.calculators.lj import LennardJones  # noqa: E402
 
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY  # noqa: E402
-from activedefect.model.committee import REF_ENERGY_KEY, REF_FORCES_KEY, Committee, ModelConfig, train_member  # noqa: E402
+from activedefect.model.committee import (  # noqa: E402
+    REF_ENERGY_KEY,
+    REF_FORCES_KEY,
+    Committee,
+    ModelConfig,
+    train_member,
+)
 
 CONFIG = ModelConfig(elements=("Si", "C"), charges=(0, -2))
 

@@ -34,7 +34,8 @@ from ase.build import bulk  # noqa: E402
 from ase.optimize import FIRE  # noqa: E402
 
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, displacement  # noqa: E402
-from activedefect.search.explore import RelaxSettings, relax  # noqa: E402
+from activedefect.search.explore import relax  # noqa: E402
+from activedefect.search.relaxation import RelaxSettings  # noqa: E402
 from activedefect.store.zarr_store import ORIGIN_KEY  # noqa: E402
 
 
@@ -69,7 +70,8 @@ def sic_vacancy_seeds(n: int) -> list[Atoms]:
 def untrained_committee(members: int, folder: Path):
     """K randomly initialised members saved as model files and loaded as a Committee."""
     from activedefect.model.committee import Committee
-    from activedefect.model.mace_model import ModelConfig, build_model, save_model_atomic
+    from activedefect.model.config import ModelConfig
+    from activedefect.model.mace_model import build_model, save_model_atomic
 
     config = ModelConfig(elements=("Si", "C"), charges=(-1, 0, 1), multiplicities=(1, 2))
     paths = []

@@ -35,23 +35,31 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
+import mf_data  # noqa: E402
 import numpy as np  # noqa: E402
 from ase import Atoms  # noqa: E402
 
-import mf_data  # noqa: E402
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY, displacement  # noqa: E402
-from activedefect.model.committee import Committee, ModelConfig, TrainSettings, evaluate, split_holdout, train_member  # noqa: E402
-from activedefect.model.mace_model import REF_ENERGY_KEY  # noqa: E402
+from activedefect.model.committee import (  # noqa: E402
+    Committee,
+    ModelConfig,
+    TrainSettings,
+    evaluate,
+    split_holdout,
+    train_member,
+)
+from activedefect.model.graphs import REF_ENERGY_KEY  # noqa: E402
 from activedefect.model.training import labelled_frame  # noqa: E402
 from activedefect.search.basins import group_basins  # noqa: E402
-from activedefect.search.explore import RelaxSettings, relax  # noqa: E402
+from activedefect.search.explore import relax  # noqa: E402
+from activedefect.search.relaxation import RelaxSettings  # noqa: E402
 from activedefect.spec import load_spec  # noqa: E402
 
 NEAR_MINIMUM_EV = 1.0

@@ -24,7 +24,7 @@ from distributed import wait
 from activedefect.execution.cluster import open_cluster
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY
 from activedefect.oracle.tasks import BackendCall, label_frame
-from activedefect.spec import ClusterSpec
+from activedefect.spec_blocks import ClusterSpec
 
 SETTINGS = {"method": "GFN1-xTB", "electronic_temperature": 1000.0, "max_iterations": 500}
 

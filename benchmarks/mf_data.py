@@ -27,7 +27,7 @@ from ase import Atoms  # noqa: E402
 from ase.io import read, write  # noqa: E402
 
 from activedefect.geometry import CHARGE_KEY  # noqa: E402
-from activedefect.model.mace_model import REF_ENERGY_KEY  # noqa: E402
+from activedefect.model.graphs import REF_ENERGY_KEY  # noqa: E402
 from activedefect.model.training import labelled_frame  # noqa: E402
 from activedefect.oracle.tasks import BackendCall, relax_with_oracle  # noqa: E402
 from activedefect.seeds.preparation import build_campaign_seeds  # noqa: E402

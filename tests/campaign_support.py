@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from activedefect.cli import app
 from activedefect.faults import ENV as KILL_ENV
-from activedefect.seeds.defects import bundled_structure
+from activedefect.seeds.host import bundled_structure
 from activedefect.store.workspace import Workspace
 from activedefect.store.zarr_store import Store
 

@@ -49,8 +49,8 @@ from activedefect.campaign.loop import STOP_REASONS, Campaign
 from activedefect.cli import app
 from activedefect.geometry import CHARGE_KEY
 from activedefect.results.directory import ground_state_frames
-from activedefect.seeds.defects import bundled_structure
-from activedefect.spec import ConfirmSpec
+from activedefect.seeds.host import bundled_structure
+from activedefect.spec_blocks import ConfirmSpec
 from activedefect.store.workspace import Workspace
 from activedefect.store.zarr_store import Store
 

@@ -32,7 +32,9 @@ from activedefect.model.committee import (
     split_holdout,
     train_member,
 )
-from activedefect.model.mace_model import LOSS_WEIGHT_KEY, load_model, model_meta, undo_worker_malloc_trim
+from activedefect.model.graphs import LOSS_WEIGHT_KEY
+from activedefect.model.mace_model import load_model, model_meta
+from activedefect.model.member_training import undo_worker_malloc_trim
 from activedefect.model.training import emphasize_minima
 
 torch.set_num_threads(1)
@@ -487,7 +489,8 @@ def test_loss_weight_spends_the_fit_on_the_weighted_frames(generations, dataset,
 def test_training_and_inference_use_the_gpu_where_torch_sees_one(monkeypatch):
     import torch
 
-    from activedefect.model.mace_model import TrainSettings, resolve_device
+    from activedefect.model.config import TrainSettings
+    from activedefect.model.mace_model import resolve_device
 
     assert TrainSettings().device == "auto"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -500,7 +503,7 @@ def test_training_and_inference_use_the_gpu_where_torch_sees_one(monkeypatch):
 def test_hot_frames_weigh_less_the_harder_they_push():
     """A frame's weight falls as 1/(1 + (F_rms/hot_force)^2): a distorted seed at 10 eV/Å
     weighs 1 %, a frame near a minimum almost 1; None leaves every frame at 1."""
-    from activedefect.model.mace_model import _hot_force_factor
+    from activedefect.model.member_training import _hot_force_factor
 
     def frame(force: float) -> Atoms:
         atoms = host()
@@ -517,7 +520,7 @@ def test_a_sparse_head_joins_after_the_dense_one_with_its_own_e0s(dataset, tmp_p
     """Fresh training with ``sparse_head_ratio``: `high` (≈ 6 labels beside 64 `low`) starts
     from `low`'s readout but keeps the E0s fitted to its own labels, and ends predicting
     its own fidelity, not `low`'s."""
-    from activedefect.model.mace_model import fit_e0s
+    from activedefect.model.member_training import fit_e0s
 
     path = tmp_path / "staged.model"
     report = train_member({"low": dataset["low"], "high": dataset["high"]}, CONFIG, seed=0, epochs=8,

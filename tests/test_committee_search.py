@@ -11,11 +11,17 @@ import pytest
 from ase import Atoms
 
 from activedefect.geometry import displacement
-from activedefect.model.committee import Committee, ModelConfig, TrainSettings, train_member
-from activedefect.model.mace_model import REF_FORCES_KEY
+from activedefect.model.committee import (
+    Committee,
+    ModelConfig,
+    TrainSettings,
+    train_member,
+)
+from activedefect.model.graphs import REF_FORCES_KEY
 from activedefect.model.training import emphasize_minima, labelled_frame
 from activedefect.oracle.tasks import BackendCall, relax_with_oracle
-from activedefect.search.explore import CONVERGED, RelaxSettings, relax
+from activedefect.search.explore import relax
+from activedefect.search.relaxation import CONVERGED, RelaxSettings
 from activedefect.seeds.preparation import build_campaign_seeds
 from activedefect.spec import load_spec
 

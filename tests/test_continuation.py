@@ -7,9 +7,15 @@ from ase import Atoms
 
 from activedefect.campaign.convergence import GroundStateRecord, assess, mark_stale
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY
-from activedefect.search.explore import CONVERGED, CUT_UNTRUSTED, EXPLODED, MAX_STEPS, RelaxResult
+from activedefect.search.relaxation import (
+    CONVERGED,
+    CUT_UNTRUSTED,
+    EXPLODED,
+    MAX_STEPS,
+    RelaxResult,
+)
 from activedefect.search.selection import Exploration, continued_starts
-from activedefect.spec import ConvergenceSpec
+from activedefect.spec_blocks import ConvergenceSpec
 from activedefect.store.zarr_store import ORIGIN_KEY
 
 

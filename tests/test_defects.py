@@ -10,19 +10,20 @@ from ase.io import write
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY
+from activedefect.seeds.builder import build_seeds
 from activedefect.seeds.defects import (
-    DISTORTION_OPTIONS,
     DefectRequest,
     Seed,
-    build_seeds,
-    bundled_structure,
     charged_name,
     defect_name,
-    load_host,
     multiplicity_from_electrons,
     split_charged_name,
+)
+from activedefect.seeds.distortion_options import (
+    DISTORTION_OPTIONS,
     validate_distortion_options,
 )
+from activedefect.seeds.host import bundled_structure, load_host
 
 FCC_2X2X2 = [[0, 1, 1], [1, 0, 1], [1, 1, 0]]  # conventional zincblende -> 16-atom supercell
 OXI = {"Si": 4, "C": -4}

@@ -19,17 +19,15 @@ from ase.cluster import Icosahedron
 from ase.optimize import FIRE
 
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, displacement
-from activedefect.search.explore import (
+from activedefect.search.explore import exploration_starts, relax
+from activedefect.search.fire import BatchFIRE, FireParams
+from activedefect.search.relaxation import (
     CONVERGED,
     CUT_UNTRUSTED,
     EXPLODED,
     HEAD_KEY,
     MAX_STEPS,
-    BatchFIRE,
-    FireParams,
     RelaxSettings,
-    exploration_starts,
-    relax,
     seed_name,
 )
 from activedefect.store.zarr_store import ORIGIN_KEY
@@ -429,7 +427,9 @@ def mace_committee(tmp_path_factory):
     from ase.calculators.emt import EMT
 
     from activedefect.model.committee import Committee
-    from activedefect.model.mace_model import REF_ENERGY_KEY, REF_FORCES_KEY, ModelConfig, TrainSettings, train_member
+    from activedefect.model.config import ModelConfig, TrainSettings
+    from activedefect.model.graphs import REF_ENERGY_KEY, REF_FORCES_KEY
+    from activedefect.model.member_training import train_member
 
     host = bulk("Cu", "fcc", a=3.6) * (2, 2, 2)
     del host[0]

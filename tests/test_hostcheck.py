@@ -12,8 +12,13 @@ import pytest
 from ase.calculators.calculator import CalculationFailed, Calculator
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from activedefect.seeds.defects import bundled_structure, load_host
-from activedefect.seeds.hostcheck import HostCheckResult, HostUnstableError, check_host, require_stable
+from activedefect.seeds.host import bundled_structure, load_host
+from activedefect.seeds.hostcheck import (
+    HostCheckResult,
+    HostUnstableError,
+    check_host,
+    require_stable,
+)
 
 
 def gfn1():

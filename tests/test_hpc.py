@@ -24,7 +24,8 @@ from activedefect.execution.jobqueue import job_scripts
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY
 from activedefect.oracle.backends import get_backend
 from activedefect.oracle.tasks import BackendCall, label_frame
-from activedefect.spec import ClusterSpec, JobqueueSpec, SpecError, parse_spec
+from activedefect.spec import SpecError, parse_spec
+from activedefect.spec_blocks import ClusterSpec, JobqueueSpec
 
 pytest.importorskip("dask_jobqueue", reason="the hpc extra (dask-jobqueue) is not installed")
 

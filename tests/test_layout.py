@@ -1,5 +1,6 @@
 """The package's layout is the loop (docs/contributing-notes.md): each folder imports only
-the stages below it, no module imports itself back through others, and what users type
+the stages below it, no module imports itself back through others, every module keeps to
+one job (at most ``MAX_MODULE_LINES`` lines), and what users type
 (`from activedefect import Campaign`, the policy presets) works from the installed package."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 import activedefect
 
 PACKAGE = Path(activedefect.__file__).parent
-FOUNDATION = {"geometry", "labels", "faults", "spec"}
+FOUNDATION = {"geometry", "labels", "faults", "spec", "spec_blocks"}
 
 #: Stage -> the stages its modules may import (besides their own). The map in
 #: docs/contributing-notes.md, checked.
@@ -74,6 +75,15 @@ def test_a_module_imports_only_the_stages_below_its_own(module):
         and not (module == "activedefect.spec" and target in SPEC_REGISTRIES)
     )
     assert not wrong, f"{module} ({own}) imports {wrong}; it may import {sorted(BELOW[own])}"
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_every_module_is_small_enough_to_have_one_job():
+    sizes = {str(path.relative_to(PACKAGE)): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
+    assert len(sizes) > 40
+    assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES} == {}
 
 
 def test_no_module_imports_itself_back_through_others():

@@ -11,19 +11,19 @@ from ase import Atoms
 
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, content_hash
 from activedefect.search.basins import Basin
-from activedefect.search.explore import CONVERGED, CUT_UNTRUSTED, Frame, RelaxResult
-from activedefect.search.policies import (
-    LabelRequest,
-    SelectionContext,
+from activedefect.search.candidates import (
     candidate_table,
     farthest_point_order,
-    load_policy,
     mean_pooled,
-    policy_kinds,
-    preset_names,
+)
+from activedefect.search.policies import load_policy, policy_kinds, preset_names
+from activedefect.search.policy_framework import (
+    LabelRequest,
+    SelectionContext,
     register_policy,
     select,
 )
+from activedefect.search.relaxation import CONVERGED, CUT_UNTRUSTED, Frame, RelaxResult
 
 
 def structure(i: int, charge: int = 0, defect: str = "v_X") -> Atoms:
@@ -320,9 +320,9 @@ def test_load_policy_by_name_path_and_inline(tmp_path):
 
 
 def test_a_new_policy_is_a_function_and_a_preset(tmp_path, monkeypatch):
-    from activedefect.search import policies
+    from activedefect.search import policy_framework
 
-    monkeypatch.setattr(policies, "_KINDS", dict(policies._KINDS))  # keep the registry clean
+    monkeypatch.setattr(policy_framework, "_KINDS", dict(policy_framework._KINDS))  # keep the registry clean
 
     @register_policy("lowest-energy")
     def lowest_energy(ctx, *, policy, n=1, fidelity="high"):

@@ -18,9 +18,14 @@ from ase.build import bulk
 from activedefect.execution.cluster import open_cluster
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY
 from activedefect.oracle.backends import get_backend
-from activedefect.oracle.pyiron_exec import DATABASE, job_name, open_project, run_label_job
+from activedefect.oracle.pyiron_exec import (
+    DATABASE,
+    job_name,
+    open_project,
+    run_label_job,
+)
 from activedefect.oracle.tasks import BackendCall, label_frame
-from activedefect.spec import ClusterSpec
+from activedefect.spec_blocks import ClusterSpec
 
 
 def _diamond_vacancy():

@@ -356,7 +356,7 @@ def bad_structures(folder: Path) -> dict[str, Path]:
     """Host files no campaign can start from, each written from the bundled 3C-SiC cell."""
     from ase.io import read, write
 
-    from activedefect.seeds.defects import bundled_structure
+    from activedefect.seeds.host import bundled_structure
 
     folder.mkdir(parents=True, exist_ok=True)
     host = read(bundled_structure("SiC_conv"))

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from activedefect.results import report
+from activedefect.results import figures
 from activedefect.spec import SpecError, parse_spec
 
 
@@ -22,7 +22,7 @@ def _points(offset: float) -> list[dict]:
 
 def test_energy_vs_distortion_draws_every_seed(tmp_path):
     data = {"v_Si_0": _points(-800.0), "v_Si_-2": _points(-810.0)[:3]}
-    drawn = report.draw_energy_vs_distortion(data, tmp_path)
+    drawn = figures.draw_energy_vs_distortion(data, tmp_path)
     for suffix in ("png", "svg", "json"):
         assert (tmp_path / f"energy_vs_distortion.{suffix}").stat().st_size > 0
     panel = drawn["panels"]["v_Si_0"]
@@ -40,7 +40,7 @@ def test_parity_reports_held_out_rmse(tmp_path):
                      "held_out_std_eV": [0.1, 0.1], "held_out_charge": [0, -1],
                      "train_label_eV": [-9.0, -13.0, -11.0], "train_predicted_eV": [-9.1, -13.2, -11.0],
                      "train_std_eV": [0.0] * 3, "train_charge": [0, 0, -1]}}
-    drawn = report.draw_parity(data, tmp_path)["panels"]["high"]
+    drawn = figures.draw_parity(data, tmp_path)["panels"]["high"]
     assert drawn["n_held_out"] == 2 and drawn["n_train"] == 3
     assert drawn["held_out_rmse_eV"] == pytest.approx(np.sqrt((0.3**2 + 0.4**2) / 2))
     assert drawn["xlim"] == drawn["ylim"] and drawn["xlim"][0] < -13.2 and drawn["xlim"][1] > -9.0
@@ -53,7 +53,7 @@ def test_learning_curves_follow_the_history(tmp_path):
         "labels_low": [10, 10, 25, 25], "labels_high": [2, 2, 5, 5],
         "energy_rmse_low_eV": [0.5, 0.5, 0.2, 0.2], "energy_rmse_high_eV": [0.9, 0.9, 0.4, 0.4],
     })
-    series = report.draw_learning_curves(history, tmp_path)["series"]
+    series = figures.draw_learning_curves(history, tmp_path)["series"]
     assert series["labels_low"] == {"generation": [1, 2], "values": [10, 25]}
     assert series["rmse_high"]["values"] == [0.9, 0.4]
     assert series["spread_v_-1"] == {"generation": [1, 2], "values": [0.2, 0.05]}
@@ -62,7 +62,7 @@ def test_learning_curves_follow_the_history(tmp_path):
 def test_pca_counts_points_per_charge(tmp_path):
     data = {"frame": [0, 1, 2, 3, 4], "charge": [0, 0, -1, -1, -1], "pc1": [0.0, 0.1, 1.0, 1.1, 1.2],
             "pc2": [0.0, 0.2, -1.0, -0.9, -1.1], "ground_state_frames": [1, 4], "explained_variance_ratio": [0.8, 0.15]}
-    drawn = report.draw_pca(data, tmp_path)
+    drawn = figures.draw_pca(data, tmp_path)
     assert drawn["points_per_charge"] == {"0": 2, "-1": 3}
     assert drawn["n_ground_states"] == 2
     assert drawn["xlim"][0] < 0.0 and drawn["xlim"][1] > 1.2
@@ -74,7 +74,7 @@ def test_cc_diagram_minima_where_the_curves_have_them(tmp_path):
             "curves": {"v_0": {"charge": 0, "energy_rel_eV": (0.1 * q**2).tolist(), "std_eV": [0.01] * 13},
                        "v_-1": {"charge": -1, "energy_rel_eV": (0.5 + 0.1 * (q - 4.0) ** 2).tolist(),
                                 "std_eV": [0.01] * 13}}}
-    drawn = report.draw_cc(data, tmp_path)
+    drawn = figures.draw_cc(data, tmp_path)
     assert drawn["n_points"] == 13
     assert drawn["Q_of_minimum"] == {"v_0": 0.0, "v_-1": 4.0}
 
@@ -86,7 +86,7 @@ def _levels_input(reference):
 
 
 def test_levels_diagram_without_chemical_potentials_shows_levels(tmp_path):
-    drawn = report.draw_levels(_levels_input(None), tmp_path)
+    drawn = figures.draw_levels(_levels_input(None), tmp_path)
     assert drawn["kind"] == "transition_levels"
     assert drawn["defects"]["v_X"]["levels_eV"] == pytest.approx({"(0/-1)": 0.5, "(-1/-2)": 1.5})
     assert drawn["defects"]["v_X"]["stable"] == ["(0/-1)", "(-1/-2)"]
@@ -95,13 +95,13 @@ def test_levels_diagram_without_chemical_potentials_shows_levels(tmp_path):
 def test_levels_diagram_shows_the_negative_u_level(tmp_path):
     data = _levels_input(None)
     data["defects"]["v_X"]["energies_eV"] = {"0": 0.0, "-1": 2.0, "-2": 3.2}  # VBM 1: (0/-1) 1.0, (-1/-2) 0.2
-    drawn = report.draw_levels(data, tmp_path)["defects"]["v_X"]
+    drawn = figures.draw_levels(data, tmp_path)["defects"]["v_X"]
     assert drawn["levels_eV"] == pytest.approx({"(0/-1)": 1.0, "(-1/-2)": 0.2, "(0/-2)": 0.6})
     assert drawn["stable"] == ["(0/-2)"]
 
 
 def test_formation_energy_diagram_with_a_reference(tmp_path):
-    drawn = report.draw_levels(_levels_input(-105.0), tmp_path)
+    drawn = figures.draw_levels(_levels_input(-105.0), tmp_path)
     assert drawn["kind"] == "formation_energy"
     d = drawn["defects"]["v_X"]
     assert d["kinks_eV"] == pytest.approx([0.5, 1.5])

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 from activedefect import Campaign
 from activedefect.cli import app
 from activedefect.oracle.backends.xtb import XtbBackend
-from activedefect.results.campaign_results import local_bonding, root_distortion
-from activedefect.seeds.defects import bundled_structure, charged_name
+from activedefect.results.defect_site import local_bonding, root_distortion
+from activedefect.seeds.defects import charged_name
+from activedefect.seeds.host import bundled_structure
 from activedefect.seeds.preparation import host_supercell
 from activedefect.store.workspace import Workspace
 

@@ -32,7 +32,11 @@ from ase.build import bulk
 from activedefect.faults import ENV as KILL_HOOK_ENV
 from activedefect.geometry import content_hash
 from activedefect.labels import LabelResult, settings_hash
-from activedefect.oracle.importers import import_shakenbreak_vasp, parse_defect_folder, read_vasprun_header
+from activedefect.oracle.importers import (
+    import_shakenbreak_vasp,
+    parse_defect_folder,
+    read_vasprun_header,
+)
 from activedefect.store.zarr_store import Store, StoreCorruptedError
 
 SH = settings_hash("xtb", {"method": "GFN1-xTB"})

@@ -4,7 +4,9 @@ campaign with its baseline.
 
 May import: every other stage; nothing below imports it."""
 
-from activedefect.campaign.baseline import Baseline  # registers the baseline mode with Campaign.open
+from activedefect.campaign.baseline import (
+    Baseline,  # registers the baseline mode with Campaign.open
+)
 from activedefect.campaign.loop import Campaign
 
 __all__ = ["Baseline", "Campaign"]

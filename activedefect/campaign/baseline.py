@@ -16,7 +16,7 @@ import numpy as np
 from activedefect.campaign.convergence import GroundStateRecord
 from activedefect.campaign.loop import Campaign
 from activedefect.seeds.defects import charged_name
-from activedefect.spec import ConfirmSpec
+from activedefect.spec_blocks import ConfirmSpec
 
 
 class Baseline(Campaign):

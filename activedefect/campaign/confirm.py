@@ -16,7 +16,7 @@ from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, displacement
 from activedefect.oracle import journal
 from activedefect.oracle.tasks import OracleRelaxation, relax_with_oracle
 from activedefect.results.directory import ground_state_frames
-from activedefect.spec import ConfirmSpec
+from activedefect.spec_blocks import ConfirmSpec
 
 
 class ConfirmStep:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from activedefect.spec import ConvergenceSpec
+from activedefect.spec_blocks import ConvergenceSpec
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Iterator
 import dask
 from distributed import Client, LocalCluster, WorkerPlugin
 
-from activedefect.spec import TASK_RESOURCES, ClusterSpec
+from activedefect.spec_blocks import TASK_RESOURCES, ClusterSpec
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from activedefect.spec import TASK_RESOURCES, JobqueueSpec, PoolSpec
+from activedefect.spec_blocks import TASK_RESOURCES, JobqueueSpec, PoolSpec
 
 #: Put in front of every job's prologue: one thread per numerical library, and
 #: non-daemonic workers so a backend's timeout can run the calculation in a child process.

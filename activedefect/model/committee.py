@@ -1,4 +1,4 @@
-"""MACE committee: train members (re-exported from :mod:`activedefect.model.mace_model`),
+"""MACE committee: train members (re-exported from :mod:`activedefect.model.member_training`),
 predict the committee mean and spread in one batched call per member, descriptors for
 farthest-point sampling, an ASE calculator, and held-out evaluation.
 
@@ -27,20 +27,16 @@ from mace.tools import torch_geometric
 from scipy import stats
 
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY
-from activedefect.model.mace_model import (
+from activedefect.model.config import ModelConfig, TrainReport, TrainSettings
+from activedefect.model.graphs import (
     REF_ENERGY_KEY,
     REF_FORCES_KEY,
-    ModelConfig,
-    TrainReport,
-    TrainSettings,
     atoms_to_graphs,
     embedding_range,
-    load_model,
-    resolve_device,
     split_holdout,
-    train_member,
-    undo_worker_malloc_trim,
 )
+from activedefect.model.mace_model import load_model, resolve_device
+from activedefect.model.member_training import train_member, undo_worker_malloc_trim
 
 __all__ = [
     "Committee",

@@ -13,8 +13,13 @@ from ase import Atoms
 
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY
 from activedefect.labels import LabelResult
-from activedefect.model.committee import ModelConfig, TrainSettings, split_holdout, train_member
-from activedefect.model.mace_model import LOSS_WEIGHT_KEY, REF_ENERGY_KEY, REF_FORCES_KEY
+from activedefect.model.committee import (
+    ModelConfig,
+    TrainSettings,
+    split_holdout,
+    train_member,
+)
+from activedefect.model.graphs import LOSS_WEIGHT_KEY, REF_ENERGY_KEY, REF_FORCES_KEY
 from activedefect.spec import FIDELITIES, CampaignSpec
 from activedefect.store.zarr_store import Store
 

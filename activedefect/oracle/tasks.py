@@ -82,7 +82,7 @@ def relax_with_oracle(
     step is written down at once, and the steps an earlier, killed run of this relaxation
     wrote there are replayed too."""
     from activedefect.oracle import journal as steps_journal
-    from activedefect.oracle.backends.base import LabelCalculator
+    from activedefect.oracle.backends.label_calculator import LabelCalculator
 
     charge, multiplicity = int(atoms.info[CHARGE_KEY]), int(atoms.info[SPIN_KEY])
     journalled = {content_hash(frame, charge, multiplicity): label

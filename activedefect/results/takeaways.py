@@ -24,11 +24,8 @@ from ase.io import write
 
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY
 from activedefect.results.campaign_results import CampaignResults
-from activedefect.seeds.defects import (
-    charged_name,
-    split_charged_name,
-    validate_distortion_options,
-)
+from activedefect.seeds.defects import charged_name, split_charged_name
+from activedefect.seeds.distortion_options import validate_distortion_options
 
 #: ``MACECalculator`` reads charge and multiplicity from ``atoms.info["charge"]`` /
 #: ``["spin"]`` unless told otherwise; our models were trained on these keys.

@@ -27,7 +27,7 @@ from typing import Any
 from ase import Atoms
 
 from activedefect.geometry import displacement
-from activedefect.search.explore import CONVERGED, RelaxResult
+from activedefect.search.relaxation import CONVERGED, RelaxResult
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Committee relaxations: every seed relaxed on the committee mean of one head, in one
-batch, with trajectory frames and their committee spread kept for the policies.
+batch, with trajectory frames and their committee spread kept for the policies (:func:`relax`);
+and new starts around each charge state's best structure (:func:`exploration_starts`).
 
 Why a batched FIRE of our own: relaxing all seeds together makes one model call per
 member per step for the whole batch (``ForceModel.predict(list)``) instead of one ASE
@@ -14,249 +15,32 @@ Why not torch-sim: its MACE wrapper (torch-sim-atomistic 0.3.0) passes neither
 ``total_charge``/``total_spin`` nor a head to the model and evaluates one model, not a
 committee (see docs/policies.md, "Exploration").
 
-Where a trajectory stops (``RelaxResult.status``):
-
-- ``converged``: max per-atom |mean force| < ``fmax_eV_A`` (ASE's test);
-- ``max_steps``: ``max_steps`` FIRE steps taken without converging;
-- ``cut_untrusted``: the committee's max force spread exceeded ``trust_hi_eV_A`` and
-  ``trust_relative`` times the largest mean force (far from a minimum, where forces are
-  many eV/Å, members that differ by 1 eV/Å still agree on the way down; a distorted
-  ShakeNBreak seed starts at 8-25 eV/Å); the frame there is kept and marked ``cut`` (a
-  labelling candidate) and the model is not followed further;
-- ``exploded``: two atoms closer than ``min_distance_A`` (minimum image), a non-finite
-  prediction, the energy more than ``max_energy_drop_eV_per_atom`` below the start, or
-  one step dropping it by more than ``max_step_drop_eV_per_atom``. The offending geometry
-  is not kept; the result holds the last sound one and is never a minimum.
+Settings, stopping rules and results: :mod:`activedefect.search.relaxation`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 from ase import Atoms
 
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY, displacement
+from activedefect.search.fire import BatchFIRE
+from activedefect.search.relaxation import (
+    CONVERGED,
+    CUT_UNTRUSTED,
+    EXPLODED,
+    HEAD_KEY,
+    MAX_STEPS,
+    ForceModel,
+    Frame,
+    Prediction,
+    RelaxResult,
+    RelaxSettings,
+    seed_name,
+)
 from activedefect.store.zarr_store import ORIGIN_KEY
-
-#: ``atoms.info`` key of a start that continues a relaxation: the head it had reached.
-HEAD_KEY = "relax_head"
-
-CONVERGED = "converged"
-MAX_STEPS = "max_steps"
-CUT_UNTRUSTED = "cut_untrusted"
-EXPLODED = "exploded"
-STATUSES = (CONVERGED, MAX_STEPS, CUT_UNTRUSTED, EXPLODED)
-#: Stopped before a minimum, with somewhere sound to go on from.
-UNFINISHED = (CUT_UNTRUSTED, MAX_STEPS)
-
-
-class Prediction(Protocol):
-    """Committee mean and spread for one structure (``committee.CommitteePrediction``)."""
-
-    energy_mean_eV: float
-    energy_std_eV: float
-    forces_mean_eV_A: np.ndarray
-    forces_std_eV_A: np.ndarray
-    max_force_std_eV_A: float
-
-
-class ForceModel(Protocol):
-    """What the relaxer needs from a committee: one batched prediction per call."""
-
-    def predict(self, atoms_list: Sequence[Atoms], head: str) -> list[Prediction]: ...
-
-
-@dataclass(frozen=True)
-class FireParams:
-    """``ase.optimize.FIRE`` parameters, with its defaults (``a`` is alpha's start value,
-    ``astart`` the value alpha is reset to after an uphill step)."""
-
-    dt: float = 0.1
-    maxstep: float = 0.2
-    dtmax: float = 1.0
-    Nmin: int = 5
-    finc: float = 1.1
-    fdec: float = 0.5
-    astart: float = 0.1
-    fa: float = 0.99
-    a: float = 0.1
-
-
-@dataclass(frozen=True)
-class RelaxSettings:
-    """How committee relaxations run and when they stop (units in the names).
-
-    ``trust_hi_eV_A=None`` never cuts; ``trust_relative=0`` cuts on the absolute spread
-    alone; ``frame_interval`` keeps steps 0, n, 2n, ... and
-    always the last frame. ``start_head`` (e.g. ``"low"``, the densely labelled head)
-    relaxes each structure on that head first, until its forces fall below ``fmax_eV_A``,
-    then goes on from there on ``head`` with a fresh FIRE state: far from a minimum,
-    where forces are many eV/Å and only ``low`` labels exist, the dense head knows the
-    way down; near the minimum, where the sparse ``high`` labels lie, ``head`` decides
-    where it ends (the screen-then-refine of ShakeNBreak, on the model; ``max_steps``
-    counts both stretches). ``max_batch=None`` evaluates all running structures in one
-    ``predict`` call per step (one model call per member: best on a GPU); a number splits
-    them into calls of at most that many structures (on one CPU thread, 2-4 structures of
-    ~60 atoms per call run fastest, see docs/policies.md).
-    """
-
-    fmax_eV_A: float = 0.05
-    max_steps: int = 200
-    frame_interval: int = 5
-    trust_hi_eV_A: float | None = 0.3
-    trust_relative: float = 0.0
-    min_distance_A: float = 0.7
-    max_energy_drop_eV_per_atom: float = 1.0
-    max_step_drop_eV_per_atom: float = 0.5
-    head: str = "high"
-    start_head: str | None = None
-    max_batch: int | None = None
-    fire: FireParams = FireParams()
-
-    def __post_init__(self) -> None:
-        if self.max_batch is not None and self.max_batch < 1:
-            raise ValueError(f"RelaxSettings.max_batch must be >= 1 or None, got {self.max_batch}")
-        if self.fmax_eV_A <= 0:
-            raise ValueError(f"RelaxSettings.fmax_eV_A must be > 0, got {self.fmax_eV_A}")
-        if self.max_steps < 0:
-            raise ValueError(f"RelaxSettings.max_steps must be >= 0, got {self.max_steps}")
-        if self.frame_interval < 1:
-            raise ValueError(f"RelaxSettings.frame_interval must be >= 1, got {self.frame_interval}")
-        if self.trust_relative < 0:
-            raise ValueError(f"RelaxSettings.trust_relative must be >= 0, got {self.trust_relative}")
-
-    def trust_limit_eV_A(self, fmax_eV_A: float) -> float | None:
-        """The force spread above which a frame at max |mean force| ``fmax_eV_A`` is cut."""
-        if self.trust_hi_eV_A is None:
-            return None
-        return max(self.trust_hi_eV_A, self.trust_relative * fmax_eV_A)
-
-
-@dataclass
-class Frame:
-    """One kept trajectory frame: structure (info carries charge, spin, defect and
-    ``origin`` = seed, generation, trajectory, step) with the committee's prediction there."""
-
-    atoms: Atoms
-    step: int
-    energy_eV: float
-    energy_std_eV: float
-    max_force_std_eV_A: float
-    fmax_eV_A: float
-    cut: bool = False
-
-
-@dataclass
-class RelaxResult:
-    """One trajectory. ``atoms``/``energy_eV``/spreads are those of the last sound
-    frame (for ``exploded``: the last geometry before the explosion)."""
-
-    seed: str
-    defect: str
-    charge: int
-    multiplicity: int
-    status: str
-    atoms: Atoms
-    energy_eV: float
-    energy_std_eV: float
-    max_force_std_eV_A: float
-    fmax_eV_A: float
-    n_steps: int
-    frames: list[Frame] = field(default_factory=list)
-    message: str = ""
-    head: str | None = None  # the head of its last step (None: the settings' final head)
-
-    @property
-    def is_minimum(self) -> bool:
-        return self.status == CONVERGED
-
-
-def _seg_sum(values: np.ndarray, seg: np.ndarray, n: int) -> np.ndarray:
-    return np.bincount(seg, weights=values, minlength=n)
-
-
-class BatchFIRE:
-    """ASE's FIRE on many structures at once, each with its own state (velocity, dt,
-    alpha, count of downhill steps); atoms of all structures lie in one flat array.
-
-    Same operations as ``ase.optimize.FIRE.step`` (3.29): the first step starts from zero
-    velocity; ``maxstep`` bounds the norm of each structure's whole displacement vector.
-    """
-
-    def __init__(self, n_atoms: Sequence[int], params: FireParams = FireParams()):
-        self.params = params
-        counts = np.asarray(n_atoms, dtype=np.int64)
-        self.n = len(counts)
-        self.seg = np.repeat(np.arange(self.n), counts)
-        self.vel = np.zeros((int(counts.sum()), 3))
-        self.started = np.zeros(self.n, dtype=bool)
-        self.dt = np.full(self.n, params.dt)
-        self.a = np.full(self.n, params.a)
-        self.n_downhill = np.zeros(self.n, dtype=np.int64)
-
-    def step(self, positions: np.ndarray, forces: np.ndarray) -> np.ndarray:
-        """New flat positions after one FIRE step from ``positions`` with ``forces``."""
-        p, seg, n = self.params, self.seg, self.n
-        vel = self.vel
-        vf = _seg_sum(np.einsum("ij,ij->i", forces, vel), seg, n)
-        f2 = _seg_sum(np.einsum("ij,ij->i", forces, forces), seg, n)
-        v2 = _seg_sum(np.einsum("ij,ij->i", vel, vel), seg, n)
-        up = self.started & (vf > 0.0)
-        down = self.started & ~(vf > 0.0)
-        if up.any():
-            mix = np.where(up, self.a, 0.0)
-            scale = np.where(up, self.a * np.sqrt(v2) / np.sqrt(np.where(up, f2, 1.0)), 0.0)
-            vel = (1.0 - mix[seg])[:, None] * vel + scale[seg][:, None] * forces
-            grow = up & (self.n_downhill > p.Nmin)
-            self.dt = np.where(grow, np.minimum(self.dt * p.finc, p.dtmax), self.dt)
-            self.a = np.where(grow, self.a * p.fa, self.a)
-            self.n_downhill = np.where(up, self.n_downhill + 1, self.n_downhill)
-        if down.any():
-            vel = np.where(down[seg][:, None], 0.0, vel)
-            self.a = np.where(down, p.astart, self.a)
-            self.dt = np.where(down, self.dt * p.fdec, self.dt)
-            self.n_downhill = np.where(down, 0, self.n_downhill)
-        self.started[:] = True
-        vel = vel + self.dt[seg][:, None] * forces
-        dr = self.dt[seg][:, None] * vel
-        norm = np.sqrt(_seg_sum(np.einsum("ij,ij->i", dr, dr), seg, n))
-        factor = np.where(norm > p.maxstep, p.maxstep / np.where(norm > 0, norm, 1.0), 1.0)
-        self.vel = vel
-        return positions + factor[seg][:, None] * dr
-
-    def restart(self, mask: np.ndarray) -> None:
-        """Start the structures where ``mask`` is true afresh (zero velocity, initial dt
-        and alpha), as a new ``ase.optimize.FIRE`` would: their forces changed under them."""
-        mask = np.asarray(mask, dtype=bool)
-        if not mask.any():
-            return
-        self.vel[mask[self.seg]] = 0.0
-        self.started[mask] = False
-        self.dt[mask] = self.params.dt
-        self.a[mask] = self.params.a
-        self.n_downhill[mask] = 0
-
-    def keep(self, mask: np.ndarray) -> None:
-        """Drop the structures where ``mask`` is false (finished ones leave the batch)."""
-        mask = np.asarray(mask, dtype=bool)
-        atom_mask = mask[self.seg]
-        self.vel = self.vel[atom_mask]
-        self.seg = (np.cumsum(mask) - 1)[self.seg[atom_mask]]
-        self.started, self.dt, self.a, self.n_downhill = (
-            x[mask] for x in (self.started, self.dt, self.a, self.n_downhill)
-        )
-        self.n = int(mask.sum())
-
-
-def seed_name(atoms: Atoms) -> str | None:
-    """The seed name in ``info["origin"]["seed"]`` (``Unperturbed``,
-    ``Bond_Distortion_-30.0%``, ``Unperturbed~rattle0``, ...), unique within a defect ×
-    charge state."""
-    origin = atoms.info.get(ORIGIN_KEY)
-    return origin.get("seed") if isinstance(origin, dict) else None
 
 
 def _describe(atoms: Atoms, index: int) -> tuple[str, str, int, int]:

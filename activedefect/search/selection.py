@@ -18,8 +18,17 @@ from activedefect.execution.cluster import workers_offering
 from activedefect.execution.reporting import Reporter
 from activedefect.geometry import CHARGE_KEY, DEFECT_KEY, SPIN_KEY
 from activedefect.search.basins import Basin, group_basins
-from activedefect.search.explore import HEAD_KEY, UNFINISHED, RelaxResult, RelaxSettings, exploration_starts, relax, seed_name
-from activedefect.search.policies import SelectionContext, candidate_table, load_policy, mean_pooled, select
+from activedefect.search.candidates import candidate_table, mean_pooled
+from activedefect.search.explore import exploration_starts, relax
+from activedefect.search.policies import load_policy
+from activedefect.search.policy_framework import SelectionContext, select
+from activedefect.search.relaxation import (
+    HEAD_KEY,
+    UNFINISHED,
+    RelaxResult,
+    RelaxSettings,
+    seed_name,
+)
 from activedefect.seeds.defects import charged_name
 from activedefect.spec import FIDELITIES, CampaignSpec
 from activedefect.store.workspace import Workspace, atomic_write_json

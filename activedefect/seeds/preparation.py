@@ -8,9 +8,12 @@ from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from activedefect.oracle.tasks import BackendCall
-from activedefect.seeds.defects import DefectRequest, Seed, build_seeds, charged_name, check_against_host, load_host
+from activedefect.seeds.builder import build_seeds, check_against_host
+from activedefect.seeds.defects import DefectRequest, Seed, charged_name
+from activedefect.seeds.host import load_host
 from activedefect.seeds.hostcheck import HostCheckResult, check_host
-from activedefect.spec import CampaignSpec, DefectSpec, SpecError
+from activedefect.spec import CampaignSpec, SpecError
+from activedefect.spec_blocks import DefectSpec
 
 
 def defect_request(entry: DefectSpec) -> DefectRequest:

@@ -14,7 +14,8 @@ import inspect
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar
 
-from activedefect.oracle.backends.base import CalculatorBackend, SettingsError
+from activedefect.oracle.backends.base import SettingsError
+from activedefect.oracle.backends.calculator_backend import CalculatorBackend
 
 _PER_CALCULATION = ("charge", "multiplicity")
 

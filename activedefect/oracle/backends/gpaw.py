@@ -15,7 +15,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from activedefect.oracle.backends.base import CalculatorBackend, SettingsError
+from activedefect.oracle.backends.base import SettingsError
+from activedefect.oracle.backends.calculator_backend import CalculatorBackend
 
 MODES = ("pw", "lcao")
 #: β of GPAW 26's default density mixer (MSR1), halved on a retry when none is set.

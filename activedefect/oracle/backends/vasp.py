@@ -32,7 +32,8 @@ from ase.calculators.calculator import Calculator
 
 from activedefect.geometry import content_hash
 from activedefect.labels import OK, LabelResult
-from activedefect.oracle.backends.base import Backend, LabelCalculator, SettingsError
+from activedefect.oracle.backends.base import Backend, SettingsError
+from activedefect.oracle.backends.label_calculator import LabelCalculator
 
 FUNCTIONALS = ("PBE", "HSE06")
 HSE_KEYS = ("aexx", "hfscreen", "precfock")

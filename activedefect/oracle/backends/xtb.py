@@ -19,7 +19,8 @@ from ase.units import Bohr, Hartree, kB
 from tblite.ase import TBLite
 from tblite.interface import Calculator as TBLiteAPI
 
-from activedefect.oracle.backends.base import CalculatorBackend, SettingsError
+from activedefect.oracle.backends.base import SettingsError
+from activedefect.oracle.backends.calculator_backend import CalculatorBackend
 
 #: Built-in parametrisations (tblite has no public list).
 TBLITE_METHODS = tuple(TBLiteAPI._loader)
