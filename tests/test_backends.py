@@ -17,7 +17,7 @@ from ase.optimize import BFGS
 
 from activedefect.labels import FAILURE_CODES, settings_hash
 from activedefect.oracle.backends import BACKENDS, SettingsError, get_backend
-from activedefect.oracle.backends.xtb import XtbBackend
+from activedefect.oracle.backends.xtb import TBLITE_METHODS, XtbBackend
 
 METADATA_KEYS = {
     "backend", "code", "version", "settings", "settings_hash", "wall_s", "retries", "charge", "multiplicity"
@@ -87,6 +87,14 @@ def test_settings_hash_is_the_level_of_theory(xtb):
     assert get_backend("xtb", {"method": "GFN1-xTB"}).settings_hash == xtb.settings_hash
     assert get_backend("xtb", {"electronic_temperature": 1000.0}).settings_hash != xtb.settings_hash
     assert get_backend("xtb", {"method": "GFN2-xTB"}).settings_hash != xtb.settings_hash
+
+
+@pytest.mark.parametrize("method", TBLITE_METHODS)
+def test_every_method_the_xtb_backend_accepts_runs_in_tblite(method):
+    """The accepted names are written out (tblite has no public list): each must run."""
+    label = get_backend("xtb", {"method": method}).calculate(Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]],
+                                                                    cell=[8, 8, 8], pbc=True), 0, 1)
+    assert label.ok and np.isfinite(label.energy_eV) and label.energy_eV < 0
 
 
 @pytest.mark.parametrize(

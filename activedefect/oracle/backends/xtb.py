@@ -22,8 +22,9 @@ from tblite.interface import Calculator as TBLiteAPI
 from activedefect.oracle.backends.base import SettingsError
 from activedefect.oracle.backends.calculator_backend import CalculatorBackend
 
-#: Built-in parametrisations (tblite has no public list).
-TBLITE_METHODS = tuple(TBLiteAPI._loader)
+#: tblite's built-in parametrisations, as its documentation names them (it has no public
+#: list; a parametrisation file is given as ``method: {param: path}``).
+TBLITE_METHODS = ("GFN2-xTB", "GFN1-xTB", "IPEA1-xTB")
 
 
 @cache
