@@ -129,6 +129,10 @@ class CommitteeSpec(Block):
         description="extra loss weight of labels near each charge state's lowest: 1 + w·exp(-ΔE/minimum_window_eV)",
     )
     minimum_window_eV: float = Field(default=0.1, gt=0)
+    trajectory_stride: int = Field(
+        default=1, ge=1, description="train on every n-th step (and the last) of each oracle relaxation from a seed "
+        "or a confirm start: its consecutive steps are near-duplicates"
+    )
     hot_force_eV_A: float | None = Field(
         default=None, gt=0, description="frames weigh 1/(1 + (F_rms/hot_force_eV_A)^2): distorted seeds at 10-25 eV/Å "
         "do not own the loss (None: off)"

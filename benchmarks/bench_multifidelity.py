@@ -24,7 +24,8 @@ Variants: ``plain`` (squared-error loss, last weights, both heads from the start
 `high` head joins after the dense `low` one has trained; the spec's
 ``committee: {hot_force_eV_A: 1, ema_decay: 0.99, sparse_head_ratio: 5}``), ``high-only`` (a
 model trained on the `high` single points alone, no `low` head data). ``NAME+field=value``
-changes a TrainSettings field of a variant (``staged+energy_weight=100``).
+changes a TrainSettings field of a variant (``staged+energy_weight=100``), ``model.field=value``
+a ModelConfig field (``staged+model.num_interactions=1``).
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def main() -> None:
           f"({len(high_train) / len(low_train):.0%}), {len(high)} high brute-force frames held out")
     elements = sorted({s for a in low for s in a.get_chemical_symbols()})
     charges = sorted({int(a.info[CHARGE_KEY]) for a in low})
-    config = ModelConfig(elements=tuple(elements), charges=tuple(charges), num_channels=16, r_max=4.5)
+    base_config = ModelConfig(elements=tuple(elements), charges=tuple(charges), num_channels=16, r_max=4.5)
     first = {}
     for atoms in low:
         first.setdefault((int(atoms.info[CHARGE_KEY]), str(atoms.info["seed"])), atoms)
@@ -220,7 +221,9 @@ def main() -> None:
     report["brute_force_calls"] = summary["high"]["calls"]
     for variant in args.variants.split(","):
         name, *changes = variant.split("+")
-        settings = replace(VARIANTS[name], **{k: json.loads(v) for k, v in (c.split("=") for c in changes)})
+        changed = {k: json.loads(v) for k, v in (c.split("=") for c in changes)}
+        settings = replace(VARIANTS[name], **{k: v for k, v in changed.items() if not k.startswith("model.")})
+        config = replace(base_config, **{k[6:]: v for k, v in changed.items() if k.startswith("model.")})
         data = {"high": high_train} if name == "high-only" else {"low": low_train, "high": high_train}
         with tempfile.TemporaryDirectory() as tmp:
             paths, train_s = train_committee(data, config, settings, args.members, args.epochs, Path(tmp))

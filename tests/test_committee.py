@@ -535,3 +535,34 @@ def test_a_sparse_head_joins_after_the_dense_one_with_its_own_e0s(dataset, tmp_p
     on_low = [p.energy_mean_eV for p in member.predict(dataset["high"], "low")]
     ref = [a.info[REF_ENERGY_KEY] for a in dataset["high"]]
     assert np.abs(np.subtract(on_high, ref)).mean() < np.abs(np.subtract(on_low, ref)).mean()
+
+
+def test_training_thins_oracle_relaxations_from_seeds_but_keeps_committee_frames(tmp_path):
+    """Through a real store: a `low` relaxation of a seed (8 steps) trains on steps 0, 3, 6
+    and its last, 7; frames of a committee trajectory and an imported frame all stay."""
+    from activedefect.labels import LabelResult
+    from activedefect.model.training import training_data
+    from activedefect.store.zarr_store import Store
+
+    frames = geometries(12, seed=5)
+    origins = ([{"seed": "A", "generation": 0, "step": k} for k in range(8)]
+               + [{"seed": "A", "generation": 1, "trajectory": 0, "step": k} for k in (5, 10, 15)] + [None])
+    for atoms, origin in zip(frames, origins):
+        atoms.info.update({CHARGE_KEY: 0, SPIN_KEY: 1, "defect": "v_Si"})
+        if origin is not None:
+            atoms.info["origin"] = origin
+    store = Store.open(tmp_path / "data.zarr")
+    indices = store.add_frames(frames)
+    store.add_labels("low", [(i, LabelResult("ok", "h", energy_eV=-float(i), forces_eV_A=np.zeros((len(a), 3))))
+                             for i, a in zip(indices, frames)])
+
+    def trained_steps(stride: int) -> list:
+        train, valid = training_data(store, {"low": "h", "high": "h"}, 0.0, trajectory_stride=stride)
+        assert valid["low"] == [] and train["high"] == []
+        return sorted((((a.info.get("origin") or {}).get("trajectory"), (a.info.get("origin") or {}).get("step"))
+                       for a in train["low"]), key=str)
+
+    assert len(trained_steps(1)) == 12
+    assert trained_steps(3) == sorted([(None, 0), (None, 3), (None, 6), (None, 7), (0, 5), (0, 10), (0, 15),
+                                       (None, None)], key=str)
+    store.close()

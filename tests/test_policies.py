@@ -157,7 +157,7 @@ def test_stratified_covers_every_charge_state_and_every_ground_state():
     frames, labels = store_tables(states, 20, high_frames=[0, 1])  # v_X -1 already has high labels
     gs = [ground_state(d, q, shift=0.1 * k) for k, (d, q) in enumerate(states)]
     gs[0].frame = 0  # already labelled at high: not requested again
-    ctx = SelectionContext(budget_left={"low": 0, "high": 100}, frames=frames, labels=labels, ground_states=gs, seed=3)
+    ctx = SelectionContext(budget_left={"low": 0, "high": 100}, frames=frames, labels=labels, basins=gs, seed=3)
     policy = load_policy("stratified-high")
     requests = policy.select(ctx).requests
     first = requests[:3]
@@ -183,7 +183,7 @@ def test_stratified_relaxes_the_lowest_frame_of_a_charge_state_without_ground_st
     states = [("v_X", -1), ("v_X", 0)]
     frames, labels = store_tables(states, 10)
     gs = [ground_state("v_X", 0)]  # v_X -1: every committee relaxation was cut
-    ctx = SelectionContext(budget_left={"low": 0, "high": 100}, frames=frames, labels=labels, ground_states=gs, seed=3)
+    ctx = SelectionContext(budget_left={"low": 0, "high": 100}, frames=frames, labels=labels, basins=gs, seed=3)
     requests = load_policy({"kind": "stratified", "ground_state_relax_steps": 3}).select(ctx).requests
     low = labels["low"].merge(frames, on="frame")
     lowest = int(low.loc[low[low["charge"] == -1]["energy_eV"].idxmin(), "frame"])
@@ -193,6 +193,26 @@ def test_stratified_relaxes_the_lowest_frame_of_a_charge_state_without_ground_st
     assert "no ground-state candidate" in relaxations[1].reason
     single_points = load_policy("stratified-high").select(ctx).requests  # without relaxations: nothing of this
     assert not any(r.relax_steps for r in single_points)
+
+
+def test_stratified_labels_the_lowest_basins_of_each_state_with_basins_per_state():
+    """The committee's second-lowest minimum is where `high` may order the basins otherwise
+    than `low` (the paper's distorted v_Si^-2): with basins_per_state 2 it gets a `high`
+    relaxation too; the third basin and the default (1) do not."""
+    states = [("v_X", -2), ("v_X", 0)]
+    frames, labels = store_tables(states, 10)
+    basins = [Basin(d, q, rank, -1.0 + rank, 0.01, 0.02, structure(10 * k + rank, q, d))
+              for k, (d, q) in enumerate(states) for rank in range(3)]
+    ctx = SelectionContext(budget_left={"low": 0, "high": 100}, frames=frames, labels=labels, basins=basins, seed=3)
+    default = load_policy({"kind": "stratified", "ground_state_relax_steps": 3}).select(ctx).requests
+    assert [r.atoms for r in default if r.relax_steps] == [b.atoms for b in basins if b.rank == 0]
+    two = load_policy({"kind": "stratified", "ground_state_relax_steps": 3, "basins_per_state": 2}).select(ctx).requests
+    relaxed = [r for r in two if r.relax_steps]
+    assert [r.atoms for r in relaxed] == [b.atoms for b in basins if b.rank < 2]
+    assert [r.reason for r in relaxed[:2]] == ["ground-state candidate of v_X charge -2", "basin 1 minimum of v_X charge -2"]
+    assert ctx.ground_states == [b for b in basins if b.rank == 0]
+    with pytest.raises(ValueError, match="basins_per_state"):
+        load_policy({"kind": "stratified", "basins_per_state": 0})
 
 
 def test_stratified_spreads_over_energy_quantiles():
@@ -210,7 +230,7 @@ def test_stratified_respects_budget_ground_states_first():
     states = [("v_X", q) for q in (-2, -1, 0, 1, 2)]
     frames, labels = store_tables(states, 10)
     gs = [ground_state(d, q, shift=0.1 * k) for k, (d, q) in enumerate(states)]
-    ctx = SelectionContext(budget_left={"high": 3}, frames=frames, labels=labels, ground_states=gs)
+    ctx = SelectionContext(budget_left={"high": 3}, frames=frames, labels=labels, basins=gs)
     result = load_policy("stratified-high").select(ctx)
     assert len(result.requests) == 3 and all("ground-state" in r.reason for r in result.requests)
     assert result.budget_exhausted["high"] and result.dropped["high"] == 2 + 5
@@ -221,7 +241,7 @@ def test_oracle_relaxations_count_every_call_they_may_make_against_the_budget():
     frames, labels = store_tables(states, 10)
     gs = [ground_state(d, q, shift=0.1 * k) for k, (d, q) in enumerate(states)]
     policy = load_policy({"kind": "stratified", "ground_state_relax_steps": 3, "fraction": 0.5})
-    result = policy.select(SelectionContext(budget_left={"high": 7}, frames=frames, labels=labels, ground_states=gs))
+    result = policy.select(SelectionContext(budget_left={"high": 7}, frames=frames, labels=labels, basins=gs))
     relaxations = [r for r in result.requests if r.relax_steps]
     assert len(relaxations) == 1 and relaxations[0].max_calls == 4  # the start and 3 steps
     assert result.calls("high") == 4 + 3 and len(result.requests) == 4  # then 3 single points
@@ -281,7 +301,7 @@ def test_select_runs_phase_policies_in_order_within_one_budget():
     frames, labels = store_tables([("v_X", 0)], 10)
     ctx = SelectionContext(
         budget_left={"low": 2, "high": 1}, candidates=spread_candidates(spreads, frames=[100, 101, 102]),
-        frames=frames, labels=labels, ground_states=[ground_state("v_X", 0)],
+        frames=frames, labels=labels, basins=[ground_state("v_X", 0)],
     )
     policies = [load_policy(n) for n in ("bootstrap", "committee-uncertainty", "stratified-high")]
     result = select(policies, ctx, phase="select")

@@ -62,7 +62,8 @@ class GenerationStep:
         missing = [i for i, path in enumerate(paths) if not path.exists()]
         hashes = {f: self.settings_hash(f) for f in FIDELITIES}
         train, valid = training_data(self.store, hashes, committee_spec.valid_fraction,
-                                     committee_spec.minimum_weight, committee_spec.minimum_window_eV)
+                                     committee_spec.minimum_weight, committee_spec.minimum_window_eV,
+                                     committee_spec.trajectory_stride)
         if missing:
             self._save("train")
             self.reporter.start("training", len(missing))

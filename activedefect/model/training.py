@@ -21,6 +21,7 @@ from activedefect.model.committee import (
 )
 from activedefect.model.graphs import LOSS_WEIGHT_KEY, REF_ENERGY_KEY, REF_FORCES_KEY
 from activedefect.spec import FIDELITIES, CampaignSpec
+from activedefect.store.records import ORIGIN_KEY
 from activedefect.store.zarr_store import Store
 
 
@@ -55,17 +56,41 @@ def train_settings(spec: CampaignSpec) -> TrainSettings:
 
 def training_data(
     store: Store, settings_hashes: dict[str, str], valid_fraction: float, minimum_weight: float = 0.0,
-    minimum_window_eV: float = 0.1,
+    minimum_window_eV: float = 0.1, trajectory_stride: int = 1,
 ) -> tuple[dict[str, list[Atoms]], dict[str, list[Atoms]]]:
-    """Every ok label under the current settings, split by content hash into (train,
-    held-out) per head; the same frame is held out in every generation. Frames near
-    each charge state's lowest label carry extra loss weight (:func:`emphasize_minima`)."""
+    """Every ok label under the current settings (oracle relaxations thinned to every
+    ``trajectory_stride``-th step, :func:`thin_trajectories`), split by content hash into
+    (train, held-out) per head; the same frame is held out in every generation. Frames
+    near each charge state's lowest label carry extra loss weight (:func:`emphasize_minima`)."""
     train, valid = {}, {}
     for fidelity in FIDELITIES:
-        frames = store.labelled_atoms(fidelity, settings_hashes[fidelity])
+        frames = thin_trajectories(store.labelled_atoms(fidelity, settings_hashes[fidelity]), trajectory_stride)
         emphasize_minima(frames, minimum_weight, minimum_window_eV)
         train[fidelity], valid[fidelity] = split_holdout(frames, valid_fraction)
     return train, valid
+
+
+def thin_trajectories(frames: list[Atoms], stride: int) -> list[Atoms]:
+    """Every ``stride``-th step of each oracle relaxation from a seed or a confirm start
+    (origin without a committee trajectory) and its last step; every other frame (committee
+    trajectory frames and what the oracle did from them, imports) stays.
+
+    Consecutive FIRE steps near a minimum are near-duplicates: training on all of them
+    costs time in proportion and adds little (measured on the paper's case,
+    docs/benchmarks.md), while the minimum itself is what the ground state needs."""
+    if stride <= 1:
+        return frames
+    last: dict[tuple, int] = {}
+    lineage = []
+    for atoms in frames:
+        origin = dict(atoms.info.get(ORIGIN_KEY) or {})
+        step = origin.pop("step", None) if origin.get("trajectory") is None else None
+        key = (str(atoms.info.get(DEFECT_KEY)), int(atoms.info.get(CHARGE_KEY, 0)), tuple(sorted(origin.items())))
+        lineage.append((key, step))
+        if step is not None:
+            last[key] = max(last.get(key, 0), int(step))
+    return [a for a, (key, step) in zip(frames, lineage)
+            if step is None or int(step) % stride == 0 or int(step) == last[key]]
 
 
 def labelled_frame(atoms: Atoms, label: LabelResult) -> Atoms:

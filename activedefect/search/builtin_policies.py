@@ -110,6 +110,8 @@ def _check_stratified(p: Mapping[str, Any]) -> None:
         raise ValueError(f"fidelity and source must be different fidelities of {FIDELITIES}")
     if int(p["ground_state_relax_steps"]) < 0:
         raise ValueError(f"ground_state_relax_steps must be >= 0, got {p['ground_state_relax_steps']}")
+    if int(p["basins_per_state"]) < 1:
+        raise ValueError(f"basins_per_state must be >= 1 (1: the ground-state candidate), got {p['basins_per_state']}")
 
 
 def _strata_order(groups: pd.Series, n: int, rng: np.random.Generator) -> list[int]:
@@ -166,9 +168,13 @@ def stratified(
     source: str = "low",
     ground_state_relax_steps: int = 0,
     ground_state_relax_fmax_eV_A: float = 0.01,
+    basins_per_state: int = 1,
 ) -> list[LabelRequest]:
     """Multi-fidelity top-up: every ground-state candidate not yet labelled at
-    ``fidelity`` (with ``ground_state_relax_steps`` > 0: a short oracle relaxation from it,
+    ``fidelity`` — with ``basins_per_state`` > 1 also the committee's next-lowest minima
+    of each charge state, up to that many: a `high` label on a basin the `low` order
+    ranks too high is what shows the model that `high` orders it otherwise —
+    (with ``ground_state_relax_steps`` > 0: a short oracle relaxation from it,
     whose first step labels the candidate itself and the rest show the model the way to
     the oracle's minimum; and one from the lowest frame of each charge state that has no
     candidate), then ``source``-labelled frames not yet at ``fidelity`` until those
@@ -179,16 +185,17 @@ def stratified(
     done_idx, done_hash = ctx.labelled_keys(fidelity)
     if include_ground_states:
         frame_of_hash = dict(zip(ctx.frames["hash"], ctx.frames["frame"])) if "hash" in ctx.frames else {}
-        for basin in ctx.ground_states:
+        for basin in (b for b in ctx.basins if b.rank < basins_per_state):
             digest = content_hash(basin.atoms)
             frame = basin.frame if basin.frame is not None else frame_of_hash.get(digest)
             if (frame is not None and int(frame) in done_idx) or digest in done_hash:
                 continue
+            what = "ground-state candidate" if basin.is_ground_state else f"basin {basin.rank} minimum"
             requests.append(
                 LabelRequest(
                     fidelity=fidelity,
                     policy=policy,
-                    reason=f"ground-state candidate of {basin.defect} charge {basin.charge:+d}",
+                    reason=f"{what} of {basin.defect} charge {basin.charge:+d}",
                     frame=None if frame is None else int(frame),
                     atoms=basin.atoms,
                     relax_steps=int(ground_state_relax_steps),

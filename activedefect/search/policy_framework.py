@@ -102,7 +102,8 @@ class SelectionContext:
       ``energy_eV``, ``status``, ``settings_hash``). With ``settings_hashes``, only
       labels under the current settings count.
     - ``budget_left``: labels still allowed per fidelity.
-    - ``ground_states``: each defect × charge state's ground-state candidate.
+    - ``basins``: the committee's minima of each defect × charge state (``rank`` 0, the
+      lowest, is its ground-state candidate: :attr:`ground_states`).
     """
 
     budget_left: Mapping[str, int]
@@ -112,8 +113,13 @@ class SelectionContext:
     frames: pd.DataFrame = field(default_factory=pd.DataFrame)
     labels: Mapping[str, pd.DataFrame] = field(default_factory=dict)
     settings_hashes: Mapping[str, str] = field(default_factory=dict)
-    ground_states: Sequence[Basin] = ()
+    basins: Sequence[Basin] = ()
     seed: int = 0
+
+    @property
+    def ground_states(self) -> list[Basin]:
+        """Each defect × charge state's ground-state candidate (its lowest basin)."""
+        return [b for b in self.basins if b.is_ground_state]
 
     def labelled(self, fidelity: str, ok_only: bool = False) -> pd.DataFrame:
         """Label rows of ``fidelity`` that count (current settings; ``ok`` ones only if asked)."""

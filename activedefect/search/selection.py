@@ -248,7 +248,7 @@ def cached_or_select(context: GenerationContext, generation: int, exploration: E
         phase = "bootstrap"
         seed_frames = [s["frame"] for s in context.state["seeds"]]
         candidates = frames.set_index("frame").loc[seed_frames].reset_index()
-        descriptors, ground_states = None, ()
+        descriptors, basins = None, []
     else:
         phase = "select"
         candidates, atoms = candidate_table(exploration.results, exploration.basins)
@@ -258,9 +258,9 @@ def cached_or_select(context: GenerationContext, generation: int, exploration: E
             if width else None
         basin_rank = dict(zip(candidates["frame"], candidates["basin"]))
         frames["basin"] = frames["frame"].map(basin_rank).fillna(-1).astype(int)
-        ground_states = list(exploration.ground_state_candidates().values())
+        basins = [basin for states in exploration.basins.values() for basin in states]
     choice = SelectionContext(budget_left=budget_left, candidates=candidates, descriptors=descriptors,
-                              frames=frames, labels=labels, settings_hashes=hashes, ground_states=ground_states,
+                              frames=frames, labels=labels, settings_hashes=hashes, basins=basins,
                               seed=spec.seed + generation)
     result = select(policies(spec), choice, phase)
     requests = []
