@@ -566,3 +566,19 @@ def test_a_host_the_oracle_cannot_hold_stops_the_campaign_and_stays_refused(tmp_
         assert "collapse" in flat(result.stdout)
     store = Store.open(directory / "data.zarr", mode="r")
     assert store.n_frames == 0 and store.n_labels("low") == 0
+
+
+@pytest.mark.slow
+def test_a_generation_that_selects_no_label_stops_the_loop_and_says_why(tmp_path: Path):
+    """Without a policy for generations ≥ 1, generation 1 selects nothing: the loop stops
+    there (`no_new_labels`) instead of retraining on the same data until budget.generations."""
+    spec = write_spec(tmp_path / "spec.yaml", {**KILL_SPEC, "name": "no-policy-after-bootstrap",
+                                              "policies": ["bootstrap"], "budget": {"generations": 4},
+                                              "convergence": {"confirm": None}})
+    directory = tmp_path / "run"
+    result = run_cli(["campaign", "start", str(spec), "--dir", str(directory)], timeout=RUN_TIMEOUT_S)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    status = status_json(directory)
+    assert status["stop_reason"] == "no_new_labels" and status["generation"] == 1
+    assert "generation 1 selected no label" in flat(result.stdout + result.stderr)
+    assert not (directory / "generations" / "gen-002").exists()

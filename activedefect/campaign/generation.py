@@ -35,6 +35,13 @@ class GenerationStep:
         self._label(requests, generation)
         if exploration is not None:
             self._assess(generation, exploration)
+            if not requests:
+                self.reporter.message(
+                    f"generation {generation} selected no label: the next one would retrain on the same data and "
+                    "explore the same way, so the loop stops (no_new_labels). Where every committee relaxation was "
+                    "cut, raise the uncertainty policy's trust_hi or its cut_relax_steps; where budgets cut the "
+                    "requests, raise budget.low / budget.high.")
+        self.state["generation_labels"] = len(requests)
         self.state["generation"] = generation
         self.ws.log_event("generation", generation=generation, labels=len(requests), dir=str(gen_dir))
 

@@ -26,7 +26,7 @@ from activedefect.spec import FIDELITIES, CampaignSpec, load_spec
 from activedefect.store.workspace import Workspace
 from activedefect.store.zarr_store import Store
 
-STOP_REASONS = ("converged", "budget_low", "budget_high", "max_generations", "walltime", "error")
+STOP_REASONS = ("converged", "budget_low", "budget_high", "no_new_labels", "max_generations", "walltime", "error")
 
 
 class Campaign(CampaignDirectory, GenerationStep, LabellingStep, ConfirmStep):
@@ -261,6 +261,8 @@ class Campaign(CampaignDirectory, GenerationStep, LabellingStep, ConfirmStep):
             return "budget_low"
         if oracle["high"]["calls"] >= self.spec.budget.high:
             return "budget_high"
+        if self.state["generation"] >= 1 and self.state.get("generation_labels") == 0:
+            return "no_new_labels"  # the next generation would repeat this one
         if self.state["generation"] + 1 >= self.spec.budget.generations:
             return "max_generations"
         walltime = self.spec.budget.walltime_s  # per run: a resume gets a fresh allocation
