@@ -196,7 +196,8 @@ def status(
     if as_json:
         typer.echo(json.dumps(result))
         return
-    console.print(f"{result['name']}: generation {result['generation']}, phase {result['phase']}")
+    working = "" if result["working_on"] is None else f", working on generation {result['working_on']}"
+    console.print(f"{result['name']}: generation {result['generation']} done{working}, phase {result['phase']}")
     for fidelity, oracle in result["oracle"].items():
         budget = result["budget"][fidelity]
         console.print(f"  {fidelity}: {oracle['calls']} calls of {budget} ({oracle['failures']} failed), "

@@ -48,7 +48,7 @@ from typer.testing import CliRunner
 from activedefect.campaign.loop import STOP_REASONS, Campaign
 from activedefect.cli import app
 from activedefect.geometry import CHARGE_KEY
-from activedefect.results.directory import ground_state_frames
+from activedefect.results.directory import GENERATION_PHASES, ground_state_frames
 from activedefect.seeds.host import bundled_structure
 from activedefect.spec_blocks import ConfirmSpec
 from activedefect.store.workspace import Workspace
@@ -98,6 +98,8 @@ def test_dashboard_page_follows_the_running_campaign(shared_run: Driver):
             shown = int(re.search(r"id='generation'>(-?\d+)<", html).group(1))
             assert after["generation"] <= shown, "the page shows an older generation than its JSON"
             assert f"Campaign {SPEC['name']}" in html and "id='calls-low'" in html
+            if after["phase"] in GENERATION_PHASES:  # e.g. generation 0 done, generation 1 training
+                assert after["working_on"] == after["generation"] + 1 and "id='working_on'" in html
         seen.append(after)
         if len({s["generation"] for s in seen}) >= 2 and seen[-1]["generation"] >= 1:
             break
@@ -117,7 +119,7 @@ def test_status_json_of_a_finished_campaign(finished: Path):
     status = json.loads(result.stdout)
     assert status["name"] == SPEC["name"]
     assert status["stop_reason"] in STOP_REASONS and status["stop_reason"] != "error"
-    assert status["converged"] is (status["stop_reason"] == "converged")
+    assert status["converged"] is (status["stop_reason"] == "converged") and status["working_on"] is None
     done = [e["generation"] for e in Workspace(finished).events() if e["event"] == "generation"]
     assert status["generation"] == max(done) and sorted(done) == list(range(max(done) + 1))
     if status["stop_reason"] == "max_generations":

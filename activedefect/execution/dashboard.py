@@ -34,8 +34,10 @@ def render_page(status: dict[str, Any] | None) -> str:
     if not status:
         return head + "<h1>activedefect</h1><p>No campaign has reported yet.</p></body></html>"
     parts = [head, f"<h1>Campaign {html.escape(str(status['name']))}</h1>"]
+    working = "" if status.get("working_on") is None else \
+        f" · working on generation <b id='working_on'>{status['working_on']}</b>"
     parts.append(
-        f"<p>generation <b id='generation'>{status['generation']}</b> · phase "
+        f"<p>generation done <b id='generation'>{status['generation']}</b>{working} · phase "
         f"<b id='phase'>{html.escape(str(status.get('phase')))}</b> · converged "
         f"<b id='converged'>{status['converged']}</b> · stop reason "
         f"<b id='stop_reason'>{html.escape(str(status['stop_reason']))}</b></p>"

@@ -89,6 +89,7 @@ class CampaignDirectory:
             "name": self.spec.name,
             "mode": self.mode,
             "generation": state.get("generation", -1),
+            "working_on": state.get("generation", -1) + 1 if state.get("phase") in GENERATION_PHASES else None,
             "phase": state.get("phase"),
             "converged": state.get("stop_reason") == "converged",
             "stop_reason": state.get("stop_reason"),
@@ -119,6 +120,10 @@ class CampaignDirectory:
             for row in self.current_state().get("history", [])
         ]
         return status
+
+
+#: Phases inside a generation: ``generation`` is the last one finished, the next is at work.
+GENERATION_PHASES = ("train", "explore", "label", "assessed")
 
 
 def ground_state_frames(state: dict[str, Any]) -> dict[str, int]:
