@@ -584,3 +584,30 @@ def test_a_generation_that_selects_no_label_stops_the_loop_and_says_why(tmp_path
     assert status["stop_reason"] == "no_new_labels" and status["generation"] == 1
     assert "generation 1 selected no label" in flat(result.stdout + result.stderr)
     assert not (directory / "generations" / "gen-002").exists()
+
+
+def test_dry_run_prices_training_and_relaxations_on_the_specs_own_model(tmp_path: Path):
+    """The estimate times the spec's model (training and a relaxation step) besides the
+    oracle, and prices the whole campaign from those timings on the cluster's workers."""
+    from math import ceil
+
+    from activedefect.campaign.dryrun import dry_run
+
+    spec = write_spec(tmp_path / "spec.yaml", {**SPEC, "host_check": {"enabled": False}})
+    report = dry_run(spec)
+    timing, committee, budget = report.timing, SPEC["committee"], SPEC["budget"]
+    assert 1e-5 < timing.train_s_per_config_epoch < 1.0 and 1e-5 < timing.relax_s_per_structure_step < 1.0
+    assert report.workers == {"label": 2, "train": 2, "explore": 2}
+    # the default label budgets (2000 + 200) spent evenly: generation 1 of 2 trains fresh on half
+    config_epochs = committee["epochs"] * 2200 / 2 + committee["finetune_epochs"] * 2200
+    member_s = config_epochs * timing.train_s_per_config_epoch
+    assert report.hours["training"] * 3600 == pytest.approx(ceil(committee["size"] / 2) * member_s)
+    assert report.hours["campaign"] == pytest.approx(
+        report.hours["oracle"] + report.hours["training"] + report.hours["exploration"])
+    assert report.hours["exploration"] > 0 and report.expected_labels["high"] == 200 + 600
+    result = CliRunner().invoke(app, ["campaign", "start", str(spec), "--dry-run"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "training: s per configuration·epoch" in result.output and "wall time (campaign)" in result.output
+    capped = dry_run(write_spec(tmp_path / "capped.yaml", {**SPEC, "host_check": {"enabled": False},
+                                                           "budget": {**budget, "walltime_s": 60}}))
+    assert capped.hours["campaign"] == pytest.approx(60 / 3600) and capped.walltime_capped

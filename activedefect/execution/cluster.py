@@ -10,9 +10,11 @@ them too (``dask worker ... --resources "label=1,train=1,explore=1"``).
 from __future__ import annotations
 
 import ctypes
+import io
 import logging
 import signal
-from contextlib import contextmanager
+import warnings
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -43,11 +45,19 @@ class WorkerSetup(WorkerPlugin):
     name = "activedefect-worker-setup"
 
     def setup(self, worker) -> None:  # noqa: ANN001 - dask's signature
-        import warnings
-
-        for message in QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=message)
+        quiet_model_libraries()
         die_with_parent()
+
+
+def quiet_model_libraries() -> None:
+    """Keep the model libraries' noise out of the user's terminal: filter the warnings
+    of :data:`QUIET_WARNINGS` and import MACE with its import-time print swallowed
+    ("cuequivariance ... not available", on every CPU-only install). Called in the driver
+    and in every worker before a task can import the model."""
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    with redirect_stdout(io.StringIO()):
+        import mace.tools.cg  # noqa: F401
 
 
 def die_with_parent() -> None:
@@ -75,6 +85,7 @@ def open_cluster(
     dashboard_address: str | None = None,
 ) -> Iterator[ClusterHandle]:
     """Start (or connect to) the cluster the spec describes; command-line overrides win."""
+    quiet_model_libraries()  # the driver loads committees too
     address = scheduler_address or spec.address
     if address:
         client = Client(address)

@@ -52,6 +52,18 @@ def pools(jq: JobqueueSpec) -> dict[str, PoolSpec]:
     return {DEFAULT_POOL: PoolSpec(resources=list(TASK_RESOURCES), jobs=jq.minimum_jobs)}
 
 
+def workers_per_resource(jq: JobqueueSpec) -> dict[str, int]:
+    """How many worker processes run each task kind once the jobs are up (an adaptive
+    default pool at ``maximum_jobs``): what a cost estimate divides by."""
+    counts = dict.fromkeys(TASK_RESOURCES, 0)
+    for pool in pools(jq).values():
+        jobs = pool.jobs if jq.pools else jq.maximum_jobs
+        processes = pool.processes or jq.processes or pool.cores or jq.cores
+        for resource in pool.resources:
+            counts[resource] += jobs * processes
+    return counts
+
+
 def job_kwargs(jq: JobqueueSpec, pool: PoolSpec) -> dict[str, Any]:
     """Keyword arguments of a dask-jobqueue Job (or Cluster) for one pool."""
     cores = pool.cores or jq.cores
