@@ -611,3 +611,28 @@ def test_dry_run_prices_training_and_relaxations_on_the_specs_own_model(tmp_path
     capped = dry_run(write_spec(tmp_path / "capped.yaml", {**SPEC, "host_check": {"enabled": False},
                                                            "budget": {**budget, "walltime_s": 60}}))
     assert capped.hours["campaign"] == pytest.approx(60 / 3600) and capped.walltime_capped
+
+
+@pytest.mark.slow
+def test_walltime_stops_inside_a_generation_and_a_resume_labels_the_rest(tmp_path: Path):
+    """budget.walltime_s spent while generation 0 labels: the running oracle relaxations
+    finish and are stored, the queued ones are cancelled, confirm does not start, and the
+    campaign stops `walltime`; a resume (a fresh allocation) relaxes only what is left."""
+    spec = write_spec(tmp_path / "spec.yaml", {
+        **KILL_SPEC, "name": "walltime", "budget": {"generations": 2, "walltime_s": 1},
+        "policies": [{"kind": "bootstrap", "low_relax_steps": 25}, "committee-uncertainty", "stratified-high"]})
+    directory = tmp_path / "run"
+    first = run_cli(["campaign", "start", str(spec), "--dir", str(directory)], timeout=RUN_TIMEOUT_S)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    state = Workspace(directory).read_state()
+    n_seeds = len(state["seeds"])
+    assert state["stop_reason"] == "walltime" and state["generation"] == -1 and state["confirm"] == {}
+    assert 1 <= len(state["relaxations"]) < n_seeds, state["relaxations"]
+    relaxed_before = set(state["relaxations"])
+    assert any(e["event"] == "walltime" and e["phase"] == "label" for e in Workspace(directory).events())
+    low_before = label_tables(directory)["low"]
+    again = run_cli(["campaign", "resume", str(directory)], timeout=RUN_TIMEOUT_S)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert set(Workspace(directory).read_state()["relaxations"]) > relaxed_before
+    low_after = label_tables(directory)["low"]
+    assert len(low_after) > len(low_before) and not low_after["frame"].duplicated().any()

@@ -36,7 +36,8 @@ class Baseline(Campaign):
              "relax_steps": settings.steps, "relax_fmax_eV_A": settings.fmax}
             for seed in self.state["seeds"]
         ]
-        self._label(requests, generation)
+        if not self._label(requests, generation):
+            return  # out of walltime: a resume relaxes the rest
         self._assess_relaxations(generation)
         self.state["generation"] = generation
         self.ws.log_event("generation", generation=generation, labels=len(requests))
@@ -69,7 +70,7 @@ class Baseline(Campaign):
 
     def _stop_reason(self) -> str | None:
         if self.state["generation"] < 0:
-            return None
+            return "walltime" if self._walltime_passed() else None
         records = self.state["ground_states"].values()
         return "converged" if records and all(r["converged"] for r in records) else "max_generations"
 

@@ -24,8 +24,10 @@ class ConfirmStep:
     client and state."""
 
     def _finish(self) -> None:
-        """Confirm the ground states with `high` and write them (the loop has stopped)."""
-        if self.spec.convergence.confirm is not None:  # also without any committee minimum: `low` minima
+        """Confirm the ground states with `high` and write them (the loop has stopped; out of
+        walltime, confirmation waits for a resume)."""
+        # also without any committee minimum (from `low` minima)
+        if self.spec.convergence.confirm is not None and not self._walltime_passed():
             self._confirm(self.spec.convergence.confirm)
         self._write_ground_states()
 

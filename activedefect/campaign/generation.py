@@ -32,7 +32,8 @@ class GenerationStep:
             model_paths = self._train(generation)
             exploration = selection.cached_or_explore(context, generation, model_paths)
             requests = selection.cached_or_select(context, generation, exploration=exploration)
-        self._label(requests, generation)
+        if not self._label(requests, generation):
+            return  # out of walltime: a resume labels the rest of this generation
         if exploration is not None:
             self._assess(generation, exploration)
             if not requests:

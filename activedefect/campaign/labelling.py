@@ -21,10 +21,14 @@ class LabellingStep:
     """Part of :class:`~activedefect.campaign.loop.Campaign`: it uses the driver's store,
     client and state."""
 
-    def _label(self, requests: list[dict[str, Any]], generation: int) -> None:
+    def _label(self, requests: list[dict[str, Any]], generation: int) -> bool:
         """Label what is not labelled yet; each result is stored as it arrives. Requests
         with ``relax_steps`` > 0 are short oracle relaxations from the frame. The
-        `labelling` event records what is sent to the oracle (a resume sends only the rest)."""
+        `labelling` event records what is sent to the oracle (a resume sends only the rest).
+
+        Once ``budget.walltime_s`` is spent, the tasks running on a worker finish and are
+        stored, the queued ones are cancelled, and this returns False (a resume labels the
+        rest); True when every request was labelled."""
         hashes = {f: self.settings_hash(f) for f in FIDELITIES}
         done_relaxations = set(self.state.setdefault("relaxations", []))
         singles = [
@@ -34,7 +38,7 @@ class LabellingStep:
         ]
         relaxations = [r for r in requests if r.get("relax_steps") and _relax_key(r) not in done_relaxations]
         if not singles and not relaxations:
-            return
+            return True
         self._save("label")
         self.ws.log_event("labelling", generation=generation, singles=len(singles), relaxations=len(relaxations))
         self.reporter.start("labelling", len(singles) + len(relaxations))
@@ -56,7 +60,13 @@ class LabellingStep:
                 request["relax_fmax_eV_A"], request["relax_steps"], known[fidelity], self._journal(key),
                 resources={"label": 1}, pure=False, key=key,
             )] = request
+        out_of_time = False
         for future in as_completed(futures):
+            if future.cancelled():
+                continue
+            if not out_of_time and self._walltime_passed():
+                out_of_time = True
+                self._cancel_queued(futures)
             request = futures[future]
             fidelity = request["fidelity"]
             try:
@@ -80,6 +90,15 @@ class LabellingStep:
             faults.crash_point("label")
             self.reporter.advance()
             self._publish()
+        if out_of_time:
+            self.ws.log_event("walltime", generation=generation, phase="label")
+        return not out_of_time
+
+    def _cancel_queued(self, futures: dict) -> None:
+        """Cancel the tasks no worker is running yet (tasks with resources are all assigned
+        to workers at once, so the scheduler's ``processing`` would name them all)."""
+        running = {key for keys in self._client.run(_executing_keys).values() for key in keys}
+        self._client.cancel([f for f in futures if not f.done() and f.key not in running])
 
     def _journal(self, task_key: str) -> str:
         """Where the oracle relaxation run as ``task_key`` writes its steps as they come
@@ -120,6 +139,10 @@ class LabellingStep:
 
 def _relax_key(request: dict[str, Any]) -> str:
     return f"{request['fidelity']}:{request['frame']}"
+
+
+def _executing_keys(dask_worker) -> list[str]:  # noqa: ANN001 - runs on a worker
+    return [task.key for task in dask_worker.state.executing]
 
 
 def relax_task_key(request: dict[str, Any], settings_hash: str) -> str:

@@ -265,10 +265,14 @@ class Campaign(CampaignDirectory, GenerationStep, LabellingStep, ConfirmStep):
             return "no_new_labels"  # the next generation would repeat this one
         if self.state["generation"] + 1 >= self.spec.budget.generations:
             return "max_generations"
-        walltime = self.spec.budget.walltime_s  # per run: a resume gets a fresh allocation
-        if walltime is not None and time.monotonic() - self._run_started >= walltime:
+        if self._walltime_passed():
             return "walltime"
         return None
+
+    def _walltime_passed(self) -> bool:
+        """``budget.walltime_s`` is spent — per run: a resume gets a fresh allocation."""
+        walltime = self.spec.budget.walltime_s
+        return walltime is not None and time.monotonic() - self._run_started >= walltime
 
     def _n_states(self) -> int:
         return len({(s["defect"], s["charge"]) for s in self.state["seeds"]})
