@@ -134,6 +134,28 @@ def test_the_policy_presets_are_the_top_level_policies_folder():
         assert (folder / f"{name}.yaml").read_text().lstrip().startswith("#"), f"{name}.yaml explains itself"
 
 
+@pytest.mark.slow
+def test_the_wheel_ships_the_policy_presets(tmp_path):
+    """`pip install .` users get the presets: the wheel built from the package, the
+    `policies/` folder and the project files holds every preset as `activedefect/policy_presets/`."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    root, source = PACKAGE.parent, tmp_path / "source"
+    for name in ("activedefect", "policies"):
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist")], cwd=source, check=True, capture_output=True)
+    [wheel] = (tmp_path / "dist").glob("activedefect-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    presets = sorted(p.name for p in (root / "policies").glob("*.yaml"))
+    assert presets and {f"activedefect/policy_presets/{name}" for name in presets} <= shipped
+
+
 def test_the_cli_and_the_driver_import_without_the_model():
     """`campaign status --json` prints JSON only: MACE prints on import, and torch takes seconds."""
     import subprocess

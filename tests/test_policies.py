@@ -16,10 +16,11 @@ from activedefect.search.candidates import (
     farthest_point_order,
     mean_pooled,
 )
-from activedefect.search.policies import load_policy, policy_kinds, preset_names
+from activedefect.search.policies import load_policy, preset_names
 from activedefect.search.policy_framework import (
     LabelRequest,
     SelectionContext,
+    policy_kinds,
     register_policy,
     select,
 )

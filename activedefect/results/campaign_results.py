@@ -153,7 +153,7 @@ class CampaignResults:
                 high = self.high_label(basin.frame)
                 rows.append({
                     "state": charged_name(defect, charge), "defect": defect, "charge": charge, "rank": basin.rank,
-                    "is_ground_state": basin.rank == 0, "frame": int(basin.frame),
+                    "is_ground_state": basin.is_ground_state, "frame": int(basin.frame),
                     "predicted_energy_eV": float(basin.energy_eV),
                     "relative_energy_eV": float(basin.energy_eV - states[0].energy_eV),
                     "energy_std_eV": float(basin.energy_std_eV),

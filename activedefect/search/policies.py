@@ -15,19 +15,11 @@ from typing import Any
 
 import yaml
 
-from activedefect.search import (
-    builtin_policies,  # noqa: F401  (importing it registers the built-in kinds)
-    policy_framework,  # its registry `_KINDS` is read at call time
-)
-from activedefect.search.policy_framework import Policy
+from activedefect.search import builtin_policies  # noqa: F401  (importing it registers the built-in kinds)
+from activedefect.search.policy_framework import Policy, policy_kinds, registered_kind
 
 #: The top-level ``policies/`` folder, installed as this package.
 PRESET_PACKAGE = "activedefect.policy_presets"
-
-
-def policy_kinds() -> dict[str, dict[str, Any]]:
-    """Registered kinds and their default parameters."""
-    return {kind: dict(k.defaults) for kind, k in sorted(policy_framework._KINDS.items())}
 
 
 def preset_names() -> list[str]:
@@ -72,14 +64,14 @@ def load_policy(ref: str | Path | Mapping[str, Any], base_dir: str | Path | None
                 )
             data, source, default_name = _read_yaml(preset.read_text(), f"preset {text}"), f"preset {text}", text
     kind = data.pop("kind", None)
-    if kind not in policy_framework._KINDS:
+    spec = registered_kind(kind)
+    if spec is None:
         kinds = "; ".join(f"{name} ({', '.join(f'{k}={v!r}' for k, v in params.items())})"
                           for name, params in policy_kinds().items())
         raise ValueError(f"{source}: `kind` must be one of the registered kinds, got {kind!r}; "
                          f"kinds (parameters with defaults): {kinds}")
     name = str(data.pop("name", default_name or kind))
     description = str(data.pop("description", ""))
-    spec = policy_framework._KINDS[kind]
     unknown = sorted(set(data) - set(spec.defaults))
     if unknown:
         raise ValueError(

@@ -85,10 +85,6 @@ class SelectionResult:
         """The most oracle calls of ``fidelity`` these requests may make."""
         return sum(r.max_calls for r in self.requests if r.fidelity == fidelity)
 
-    @property
-    def any_exhausted(self) -> bool:
-        return any(self.budget_exhausted.values())
-
 
 @dataclass
 class SelectionContext:
@@ -161,14 +157,26 @@ PolicyFunction = Callable[..., list[LabelRequest]]
 
 
 @dataclass(frozen=True)
-class _Kind:
+class PolicyKind:
+    """A registered policy kind: what :func:`register_policy` recorded."""
+
     function: PolicyFunction
     phase: str
     defaults: Mapping[str, Any]
     check: Callable[[Mapping[str, Any]], None] | None
 
 
-_KINDS: dict[str, _Kind] = {}
+_KINDS: dict[str, PolicyKind] = {}
+
+
+def registered_kind(kind: str) -> PolicyKind | None:
+    """The registered policy ``kind`` (its function, phase, parameter defaults, check)."""
+    return _KINDS.get(kind)
+
+
+def policy_kinds() -> dict[str, dict[str, Any]]:
+    """Registered kinds and their default parameters."""
+    return {kind: dict(k.defaults) for kind, k in sorted(_KINDS.items())}
 
 
 def register_policy(
@@ -193,7 +201,7 @@ def register_policy(
         missing = [name for name, value in defaults.items() if value is inspect.Parameter.empty]
         if missing:
             raise TypeError(f"policy {kind!r}: keyword parameters {missing} need defaults")
-        _KINDS[kind] = _Kind(fn, phase, defaults, check)
+        _KINDS[kind] = PolicyKind(fn, phase, defaults, check)
         return fn
 
     return decorate

@@ -64,7 +64,8 @@ class Exploration:
     descriptors: dict[str, np.ndarray]  # frame hash -> mean-pooled descriptor (candidates only)
 
     def ground_state_candidates(self) -> dict[tuple[str, int], Basin]:
-        return {key: states[0] for key, states in sorted(self.basins.items()) if states}
+        """Each defect × charge state's lowest basin."""
+        return {key: basin for key, states in sorted(self.basins.items()) for basin in states if basin.is_ground_state}
 
     def unfinished(self, seeds: set[str], statuses: tuple[str, ...] = UNFINISHED) -> dict[tuple[str, int], int]:
         """Per defect × charge state, how many relaxations from ``seeds`` (or their

@@ -49,7 +49,7 @@ class AseBackend(CalculatorBackend):
         self.code = self.settings["calculator"]
 
     @classmethod
-    def _check_values(cls, given: dict[str, Any], merged: dict[str, Any]) -> None:
+    def check_values(cls, given: dict[str, Any], merged: dict[str, Any]) -> None:
         if not isinstance(merged["calculator"], str):
             raise SettingsError("ase backend: 'calculator' must be an import path such as 'ase.calculators.emt.EMT'")
         if not isinstance(merged["kwargs"], dict):

@@ -34,7 +34,7 @@ def failure_message(status: str, reason: str) -> str:
 
 class Backend(ABC):
     """A labelling oracle. Subclasses declare their settings and implement
-    :meth:`_attempt` (one calculation with given settings) and :meth:`calculator`.
+    :meth:`attempt` (one calculation with given settings) and :meth:`calculator`.
 
     ``settings`` are merged over :attr:`defaults`; keys in :attr:`numerical_keys`
     (SCF iteration limits, mixers, algorithms) may change on a retry and, like
@@ -79,20 +79,20 @@ class Backend(ABC):
             raise SettingsError(
                 f"{cls.name} backend: unknown setting {unknown[0]!r}; accepted settings: {', '.join(sorted(accepted))}"
             )
-        cls._check_values(settings, {**copy.deepcopy(cls.defaults), **settings})
+        cls.check_values(settings, {**copy.deepcopy(cls.defaults), **settings})
 
     @classmethod
-    def _check_values(cls, given: dict[str, Any], merged: dict[str, Any]) -> None:
+    def check_values(cls, given: dict[str, Any], merged: dict[str, Any]) -> None:
         """Check values; ``given`` is what the user set, ``merged`` includes defaults."""
 
-    def _unused_keys(self, settings: dict[str, Any]) -> set[str]:
+    def unused_keys(self, settings: dict[str, Any]) -> set[str]:
         """Keys that do not apply to these settings (e.g. a plane-wave cutoff in LCAO
         mode), left out of the level of theory."""
         return set()
 
     def level_of_theory(self, settings: dict[str, Any] | None = None) -> dict[str, Any]:
         settings = self.settings if settings is None else settings
-        skip = self.numerical_keys | self.runtime_keys | self._unused_keys(settings)
+        skip = self.numerical_keys | self.runtime_keys | self.unused_keys(settings)
         return {k: v for k, v in settings.items() if k not in skip}
 
     @property
@@ -152,7 +152,7 @@ class Backend(ABC):
     # --- calculation ----------------------------------------------------------------
 
     @abstractmethod
-    def _attempt(
+    def attempt(
         self, atoms: Atoms, charge: int, multiplicity: int, settings: dict[str, Any], timeout_s: float | None
     ) -> LabelResult:
         """One calculation with ``settings``, within ``timeout_s`` when not None: a status
@@ -213,7 +213,7 @@ class Backend(ABC):
             if remaining <= 0:
                 return LabelResult("timeout", "", reason=f"no time left of timeout_s={self.timeout_s:g} for a retry")
         try:
-            attempt = self._attempt(atoms, charge, multiplicity, copy.deepcopy(settings), remaining)
+            attempt = self.attempt(atoms, charge, multiplicity, copy.deepcopy(settings), remaining)
         except Exception as exc:  # the contract: a failure is returned, never raised
             return LabelResult(
                 "crashed",

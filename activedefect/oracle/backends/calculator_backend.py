@@ -47,7 +47,7 @@ class CalculatorBackend(Backend):
         status = "bad_input" if isinstance(exc, (ValueError, InputError)) else "crashed"
         return status, f"{type(exc).__name__}: {exc}"
 
-    def _attempt(self, atoms, charge, multiplicity, settings, timeout_s):
+    def attempt(self, atoms, charge, multiplicity, settings, timeout_s):
         if timeout_s is None:
             return self._compute(atoms, charge, multiplicity, settings)
         return run_in_child(self._compute, (atoms, charge, multiplicity, settings), timeout_s, self.start_method)

@@ -43,7 +43,7 @@ class GpawBackend(CalculatorBackend):
     numerical_keys = frozenset({"maxiter", "mixer_beta"})
 
     @classmethod
-    def _check_values(cls, given: dict[str, Any], merged: dict[str, Any]) -> None:
+    def check_values(cls, given: dict[str, Any], merged: dict[str, Any]) -> None:
         if merged["mode"] not in MODES:
             raise SettingsError(f"gpaw backend: mode must be one of {MODES}, got {merged['mode']!r}")
         if not isinstance(merged["ecut"], (int, float)) or merged["ecut"] <= 0:
@@ -64,7 +64,7 @@ class GpawBackend(CalculatorBackend):
             raise ImportError("the gpaw backend needs GPAW: pip install 'activedefect[gpaw]'")
         super().__init__(settings, **kwargs)
 
-    def _unused_keys(self, settings: dict[str, Any]) -> set[str]:
+    def unused_keys(self, settings: dict[str, Any]) -> set[str]:
         return {"basis"} if settings["mode"] == "pw" else {"ecut"}
 
     def version(self) -> str:

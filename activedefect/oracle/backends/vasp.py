@@ -149,7 +149,7 @@ class VaspBackend(Backend):
     runtime_keys = frozenset({"command", "workdir", "potcar_dir", "ncore", "kpar"})
 
     @classmethod
-    def _check_values(cls, given: dict[str, Any], merged: dict[str, Any]) -> None:
+    def check_values(cls, given: dict[str, Any], merged: dict[str, Any]) -> None:
         if merged["functional"] not in FUNCTIONALS:
             raise SettingsError(f"vasp backend: functional must be one of {FUNCTIONALS}, got {merged['functional']!r}")
         if merged["functional"] == "PBE":
@@ -171,7 +171,7 @@ class VaspBackend(Backend):
                 f"(e.g. 'encut', 'nelm', 'ncore') or charge/multiplicity"
             )
 
-    def _unused_keys(self, settings: dict[str, Any]) -> set[str]:
+    def unused_keys(self, settings: dict[str, Any]) -> set[str]:
         return set(HSE_KEYS) if settings["functional"] == "PBE" else set()
 
     def retry_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
@@ -313,7 +313,7 @@ class VaspBackend(Backend):
             )
         return command
 
-    def _attempt(self, atoms, charge, multiplicity, settings, timeout_s):
+    def attempt(self, atoms, charge, multiplicity, settings, timeout_s):
         workdir = settings["workdir"]
         if workdir is not None:
             Path(workdir).mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,7 @@ class XtbBackend(CalculatorBackend):
         super().check_settings(settings)
 
     @classmethod
-    def _check_values(cls, given: dict[str, Any], merged: dict[str, Any]) -> None:
+    def check_values(cls, given: dict[str, Any], merged: dict[str, Any]) -> None:
         method = merged["method"]
         if not isinstance(method, dict) and method not in TBLITE_METHODS:
             raise SettingsError(f"xtb backend: unknown method {method!r}; tblite knows {', '.join(TBLITE_METHODS)}")
