@@ -196,8 +196,9 @@ def status(
     if as_json:
         typer.echo(json.dumps(result))
         return
+    done = f"generation {result['generation']} done" if result["generation"] >= 0 else "no generation done yet"
     working = "" if result["working_on"] is None else f", working on generation {result['working_on']}"
-    console.print(f"{result['name']}: generation {result['generation']} done{working}, phase {result['phase']}")
+    console.print(f"{result['name']}: {done}{working}, phase {result['phase']}")
     for fidelity, oracle in result["oracle"].items():
         budget = result["budget"][fidelity]
         console.print(f"  {fidelity}: {oracle['calls']} calls of {budget} ({oracle['failures']} failed), "

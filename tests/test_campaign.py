@@ -572,10 +572,12 @@ def test_a_host_the_oracle_cannot_hold_stops_the_campaign_and_stays_refused(tmp_
 
 @pytest.mark.slow
 def test_a_generation_that_selects_no_label_stops_the_loop_and_says_why(tmp_path: Path):
-    """Without a policy for generations ≥ 1, generation 1 selects nothing: the loop stops
-    there (`no_new_labels`) instead of retraining on the same data until budget.generations."""
+    """Without a policy for generations ≥ 1 and with relaxations that do not go on where they
+    stopped, generation 1 changes nothing: the loop stops there (`no_new_labels`) instead of
+    retraining on the same data until budget.generations."""
     spec = write_spec(tmp_path / "spec.yaml", {**KILL_SPEC, "name": "no-policy-after-bootstrap",
                                               "policies": ["bootstrap"], "budget": {"generations": 4},
+                                              "exploration": {"max_steps": 40, "continue_unfinished": False},
                                               "convergence": {"confirm": None}})
     directory = tmp_path / "run"
     result = run_cli(["campaign", "start", str(spec), "--dir", str(directory)], timeout=RUN_TIMEOUT_S)
@@ -608,6 +610,11 @@ def test_dry_run_prices_training_and_relaxations_on_the_specs_own_model(tmp_path
     assert report.hours["campaign"] == pytest.approx(
         report.hours["oracle"] + report.hours["training"] + report.hours["exploration"])
     assert report.hours["exploration"] > 0 and report.expected_labels["high"] == 200 + 600
+    # 2 charge states × 5 seeds, 2 rattled copies of each state's best, each best re-charged to the other state
+    starts = 10 + 2 * 2 + 2
+    assert report.hours["exploration"] * 3600 == pytest.approx(
+        (budget["generations"] - 1) * starts * SPEC["exploration"]["max_steps"] * committee["size"]
+        * timing.relax_s_per_structure_step / 2)
     result = CliRunner().invoke(app, ["campaign", "start", str(spec), "--dry-run"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "training: s per configuration·epoch" in result.output and "wall time (campaign)" in result.output

@@ -538,8 +538,9 @@ def test_a_sparse_head_joins_after_the_dense_one_with_its_own_e0s(dataset, tmp_p
 
 
 def test_training_thins_oracle_relaxations_from_seeds_but_keeps_committee_frames(tmp_path):
-    """Through a real store: a `low` relaxation of a seed (8 steps) trains on steps 0, 3, 6
-    and its last, 7; frames of a committee trajectory and an imported frame all stay."""
+    """Through a real store: a `low` relaxation of a seed (8 steps) trains on steps 0, 3, 6,
+    its last (7) and its lowest (5); frames of a committee trajectory and an imported frame
+    all stay."""
     from activedefect.labels import LabelResult
     from activedefect.model.training import training_data
     from activedefect.store.zarr_store import Store
@@ -553,8 +554,10 @@ def test_training_thins_oracle_relaxations_from_seeds_but_keeps_committee_frames
             atoms.info["origin"] = origin
     store = Store.open(tmp_path / "data.zarr")
     indices = store.add_frames(frames)
-    store.add_labels("low", [(i, LabelResult("ok", "h", energy_eV=-float(i), forces_eV_A=np.zeros((len(a), 3))))
-                             for i, a in zip(indices, frames)])
+    energies = [-float(i) for i in indices]
+    energies[5] = -100.0  # the lowest step of the relaxation (not a multiple of 3, not its last) stays too
+    store.add_labels("low", [(i, LabelResult("ok", "h", energy_eV=e, forces_eV_A=np.zeros((len(a), 3))))
+                             for i, a, e in zip(indices, frames, energies)])
 
     def trained_steps(stride: int) -> list:
         train, valid = training_data(store, {"low": "h", "high": "h"}, 0.0, trajectory_stride=stride)
@@ -563,6 +566,6 @@ def test_training_thins_oracle_relaxations_from_seeds_but_keeps_committee_frames
                        for a in train["low"]), key=str)
 
     assert len(trained_steps(1)) == 12
-    assert trained_steps(3) == sorted([(None, 0), (None, 3), (None, 6), (None, 7), (0, 5), (0, 10), (0, 15),
-                                       (None, None)], key=str)
+    assert trained_steps(3) == sorted([(None, 0), (None, 3), (None, 5), (None, 6), (None, 7), (0, 5), (0, 10),
+                                       (0, 15), (None, None)], key=str)
     store.close()

@@ -27,7 +27,7 @@ class ConfirmStep:
         """Confirm the ground states with `high` and write them (the loop has stopped; out of
         walltime, confirmation waits for a resume)."""
         # also without any committee minimum (from `low` minima)
-        if self.spec.convergence.confirm is not None and not self._walltime_passed():
+        if self.spec.convergence.confirm is not None and self.state["stop_reason"] != "walltime":
             self._confirm(self.spec.convergence.confirm)
         self._write_ground_states()
 

@@ -3,8 +3,8 @@ campaign costs — oracle calls timed once per fidelity, committee training and
 relaxations timed on a short run of the spec's own model — without starting the loop.
 
 On a CPU, training is most of a campaign's wall time, so an estimate without it misleads.
-It assumes the whole label budget is spent, evenly over the generations (generation g
-trains on g/G of it), and every committee relaxation runs ``exploration.max_steps``; a
+It assumes the whole label budget is spent, evenly over the G trained generations
+(generation g trains on g/G of it), and every committee relaxation runs ``exploration.max_steps``; a
 campaign that converges early costs less, ``budget.walltime_s`` caps it."""
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def dry_run(spec_path: str | Path) -> DryRunReport:
     expected = {"low": spec.budget.low, "high": spec.budget.high + spec.budget.confirm_high}
     timing = time_model(spec, seeds)
     workers = cluster_workers(spec)
-    starts = len(seeds) + len(counts) * spec.exploration.rattled_copies * (len(counts) if spec.exploration.cross_charge else 1)
+    starts = exploration_starts_per_generation(spec, seeds)
     hours = wall_hours(spec, starts, seconds, timing, workers)
     capped = hours["campaign"] < hours["oracle"] + hours["training"] + hours["exploration"]
     return DryRunReport(spec.name, dict(counts), seconds, expected, checks, workers, hours, timing, capped)
@@ -110,20 +110,26 @@ def cluster_workers(spec: CampaignSpec) -> dict[str, int]:
     return dict.fromkeys(("label", "train", "explore"), spec.cluster.workers)
 
 
+def exploration_starts_per_generation(spec: CampaignSpec, seeds: list[Seed]) -> int:
+    """Seeds, ``rattled_copies`` of each state's best structure and, with ``cross_charge``,
+    each best structure re-charged to every other charge state of its defect (at most)."""
+    charges = Counter(s.defect for s in {(s.defect, s.charge): s for s in seeds}.values())
+    recharged = sum(n * (n - 1) for n in charges.values()) if spec.exploration.cross_charge else 0
+    return len(seeds) + sum(charges.values()) * spec.exploration.rattled_copies + recharged
+
+
 def time_model(spec: CampaignSpec, seeds: list[Seed]) -> ModelTiming:
     """Train one member of the spec's model for :data:`TIMING_EPOCHS` on a few seed frames
     (the difference is the cost of the epochs without the set-up), and time a relaxation
     step of a few structures on it."""
     import torch
 
-    from activedefect.execution.cluster import quiet_model_libraries
-
-    quiet_model_libraries()
     from activedefect.model.committee import Committee, train_member
     from activedefect.model.graphs import REF_ENERGY_KEY, REF_FORCES_KEY
     from activedefect.model.training import committee_config, train_settings
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as on a worker
     frames = []
     for i in range(TIMING_FRAMES):
         atoms = seeds[i % len(seeds)].atoms.copy()
@@ -146,6 +152,7 @@ def time_model(spec: CampaignSpec, seeds: list[Seed]) -> ModelTiming:
         start = time.perf_counter()
         committee.predict(batch, "high")
         relax_s = (time.perf_counter() - start) / len(batch)
+    torch.set_num_threads(threads)
     train_s = max(walls[2] - walls[1], 0.0) / ((TIMING_EPOCHS[1] - TIMING_EPOCHS[0]) * len(frames))
     return ModelTiming(train_s, relax_s)
 
@@ -157,7 +164,7 @@ def wall_hours(spec: CampaignSpec, starts: int, seconds_per_label: dict[str, flo
     their sum (see the module docstring for the assumptions)."""
     budget, committee, exploration = spec.budget, spec.committee, spec.exploration
     oracle_s = (budget.low * seconds_per_label["low"]
-                + (budget.high + budget.confirm_high) * seconds_per_label["high"]) / workers["label"]
+                + (budget.high + budget.confirm_high) * seconds_per_label["high"]) / max(1, workers["label"])
     generations = budget.generations - 1  # generation 0 trains nothing
     labels = budget.low + budget.high
     config_epochs = sum((committee.epochs if g == 1 else committee.finetune_epochs) * labels * g / generations

@@ -13,7 +13,7 @@ from activedefect import faults
 from activedefect.campaign.convergence import GroundStateRecord, assess, mark_stale
 from activedefect.geometry import displacement
 from activedefect.search import selection
-from activedefect.search.relaxation import EXPLODED
+from activedefect.search.relaxation import EXPLODED, MAX_STEPS
 from activedefect.spec import FIDELITIES
 
 
@@ -36,13 +36,10 @@ class GenerationStep:
             return  # out of walltime: a resume labels the rest of this generation
         if exploration is not None:
             self._assess(generation, exploration)
-            if not requests:
-                self.reporter.message(
-                    f"generation {generation} selected no label: the next one would retrain on the same data and "
-                    "explore the same way, so the loop stops (no_new_labels). Where every committee relaxation was "
-                    "cut, raise the uncertainty policy's trust_hi or its cut_relax_steps; where budgets cut the "
-                    "requests, raise budget.low / budget.high.")
-        self.state["generation_labels"] = len(requests)
+        # stalled: no label and no relaxation that will go on further next generation
+        going_on = exploration is not None and self.spec.exploration.continue_unfinished and any(
+            r.status == MAX_STEPS for r in exploration.results)
+        self.state["stalled"] = exploration is not None and not requests and not going_on
         self.state["generation"] = generation
         self.ws.log_event("generation", generation=generation, labels=len(requests), dir=str(gen_dir))
 

@@ -97,7 +97,8 @@ class LabellingStep:
     def _cancel_queued(self, futures: dict) -> None:
         """Cancel the tasks no worker is running yet (tasks with resources are all assigned
         to workers at once, so the scheduler's ``processing`` would name them all)."""
-        running = {key for keys in self._client.run(_executing_keys).values() for key in keys}
+        executing = self._client.run(_executing_keys, on_error="ignore")  # a worker lost now runs nothing
+        running = {key for keys in executing.values() for key in keys}
         self._client.cancel([f for f in futures if not f.done() and f.key not in running])
 
     def _journal(self, task_key: str) -> str:

@@ -26,6 +26,13 @@ from activedefect.spec import FIDELITIES, CampaignSpec, load_spec
 from activedefect.store.workspace import Workspace
 from activedefect.store.zarr_store import Store
 
+#: What the driver prints when a generation changed nothing the next one would start from.
+NO_NEW_LABELS = (
+    "generation {generation} selected no label and no relaxation will go on further: the next generation "
+    "would retrain on the same data and explore the same way, so the loop stops (no_new_labels). Where every "
+    "committee relaxation was cut, raise the uncertainty policy's trust_hi or cut_relax_steps (or "
+    "exploration.trust_relative); where budgets cut the requests, raise budget.low / budget.high."
+)
 STOP_REASONS = ("converged", "budget_low", "budget_high", "no_new_labels", "max_generations", "walltime", "error")
 
 
@@ -156,12 +163,15 @@ class Campaign(CampaignDirectory, GenerationStep, LabellingStep, ConfirmStep):
                         generation = self.state["generation"] + 1
                         self._run_generation(generation)
                         self.state["stop_reason"] = self._stop_reason()
+                        if self.state["stop_reason"] == "no_new_labels":
+                            self.reporter.message(NO_NEW_LABELS.format(generation=generation))
                         self._save("generation-done")
                     self._finish()
                     if self.state["stop_reason"] != "converged" or self._stop_reason() == "converged":
                         break
-                    # a confirmed minimum failed the tests its committee candidate passed: learn on,
-                    # unless a limit was reached meanwhile
+                    # a confirmed minimum failed the tests its committee candidate passed: learn on
+                    # (confirm added labels, so the loop has not stalled), unless a limit was reached
+                    self.state["stalled"] = False
                     self.state["stop_reason"] = self._stop_reason()
                     self.ws.log_event("confirm-not-converged", generation=self.state["generation"],
                                       then=self.state["stop_reason"])
@@ -261,7 +271,7 @@ class Campaign(CampaignDirectory, GenerationStep, LabellingStep, ConfirmStep):
             return "budget_low"
         if oracle["high"]["calls"] >= self.spec.budget.high:
             return "budget_high"
-        if self.state["generation"] >= 1 and self.state.get("generation_labels") == 0:
+        if self.state.get("stalled"):
             return "no_new_labels"  # the next generation would repeat this one
         if self.state["generation"] + 1 >= self.spec.budget.generations:
             return "max_generations"

@@ -10,11 +10,9 @@ them too (``dask worker ... --resources "label=1,train=1,explore=1"``).
 from __future__ import annotations
 
 import ctypes
-import io
 import logging
 import signal
-import warnings
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -30,34 +28,15 @@ DASHBOARD_MODULE = "activedefect.execution.dashboard"
 _PR_SET_PDEATHSIG = 1
 
 
-#: Warnings MACE/e3nn/torch print on every model build or load, which would flood the CLI.
-QUIET_WARNINGS = (
-    "The TorchScript type system",
-    "Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD",
-)
-
-
 class WorkerSetup(WorkerPlugin):
     """Ask the kernel to SIGKILL a worker process when the process that spawned it dies,
-    so that a killed driver leaves no orphan worker writing into a resumed campaign; and
-    silence the model libraries' per-call warnings."""
+    so that a killed driver leaves no orphan worker writing into a resumed campaign (the
+    model libraries' noise is silenced where the model is imported: ``activedefect.model``)."""
 
     name = "activedefect-worker-setup"
 
     def setup(self, worker) -> None:  # noqa: ANN001 - dask's signature
-        quiet_model_libraries()
         die_with_parent()
-
-
-def quiet_model_libraries() -> None:
-    """Keep the model libraries' noise out of the user's terminal: filter the warnings
-    of :data:`QUIET_WARNINGS` and import MACE with its import-time print swallowed
-    ("cuequivariance ... not available", on every CPU-only install). Called in the driver
-    and in every worker before a task can import the model."""
-    for message in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
-    with redirect_stdout(io.StringIO()):
-        import mace.tools.cg  # noqa: F401
 
 
 def die_with_parent() -> None:
@@ -85,7 +64,6 @@ def open_cluster(
     dashboard_address: str | None = None,
 ) -> Iterator[ClusterHandle]:
     """Start (or connect to) the cluster the spec describes; command-line overrides win."""
-    quiet_model_libraries()  # the driver loads committees too
     address = scheduler_address or spec.address
     if address:
         client = Client(address)

@@ -71,9 +71,12 @@ def training_data(
 
 
 def thin_trajectories(frames: list[Atoms], stride: int) -> list[Atoms]:
-    """Every ``stride``-th step of each oracle relaxation from a seed or a confirm start
-    (origin without a committee trajectory) and its last step; every other frame (committee
-    trajectory frames and what the oracle did from them, imports) stays.
+    """Every ``stride``-th step of each oracle relaxation from a seed, a confirm start or a
+    frame without a committee trajectory (VASP ``all_steps`` imports too), and the last and
+    the lowest-energy step of each such lineage (relaxations from one lineage share its
+    origin, so "last" alone could miss the end of a shorter one: its minimum is the lowest);
+    every other frame (committee trajectory frames and what the oracle did from them,
+    single-point imports) stays.
 
     Consecutive FIRE steps near a minimum are near-duplicates: training on all of them
     costs time in proportion and adds little (measured on the paper's case,
@@ -81,16 +84,19 @@ def thin_trajectories(frames: list[Atoms], stride: int) -> list[Atoms]:
     if stride <= 1:
         return frames
     last: dict[tuple, int] = {}
+    lowest: dict[tuple, int] = {}
     lineage = []
-    for atoms in frames:
+    for i, atoms in enumerate(frames):
         origin = dict(atoms.info.get(ORIGIN_KEY) or {})
         step = origin.pop("step", None) if origin.get("trajectory") is None else None
         key = (str(atoms.info.get(DEFECT_KEY)), int(atoms.info.get(CHARGE_KEY, 0)), tuple(sorted(origin.items())))
         lineage.append((key, step))
         if step is not None:
             last[key] = max(last.get(key, 0), int(step))
-    return [a for a, (key, step) in zip(frames, lineage)
-            if step is None or int(step) % stride == 0 or int(step) == last[key]]
+            if key not in lowest or atoms.info[REF_ENERGY_KEY] < frames[lowest[key]].info[REF_ENERGY_KEY]:
+                lowest[key] = i
+    return [a for i, (a, (key, step)) in enumerate(zip(frames, lineage))
+            if step is None or int(step) % stride == 0 or int(step) == last[key] or lowest[key] == i]
 
 
 def labelled_frame(atoms: Atoms, label: LabelResult) -> Atoms:

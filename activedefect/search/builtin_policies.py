@@ -185,7 +185,8 @@ def stratified(
     done_idx, done_hash = ctx.labelled_keys(fidelity)
     if include_ground_states:
         frame_of_hash = dict(zip(ctx.frames["hash"], ctx.frames["frame"])) if "hash" in ctx.frames else {}
-        for basin in (b for b in ctx.basins if b.rank < basins_per_state):
+        # every state's ground-state candidate before any second basin: a tight budget cuts from the end
+        for basin in sorted((b for b in ctx.basins if b.rank < basins_per_state), key=lambda b: b.rank):
             digest = content_hash(basin.atoms)
             frame = basin.frame if basin.frame is not None else frame_of_hash.get(digest)
             if (frame is not None and int(frame) in done_idx) or digest in done_hash:

@@ -259,7 +259,7 @@ def cached_or_select(context: GenerationContext, generation: int, exploration: E
             if width else None
         basin_rank = dict(zip(candidates["frame"], candidates["basin"]))
         frames["basin"] = frames["frame"].map(basin_rank).fillna(-1).astype(int)
-        basins = [basin for states in exploration.basins.values() for basin in states]
+        basins = [basin for _, states in sorted(exploration.basins.items()) for basin in states]
     choice = SelectionContext(budget_left=budget_left, candidates=candidates, descriptors=descriptors,
                               frames=frames, labels=labels, settings_hashes=hashes, basins=basins,
                               seed=spec.seed + generation)
