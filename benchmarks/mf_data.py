@@ -53,7 +53,9 @@ def relax_seed(backend: str, settings: dict, atoms: Atoms, fmax: float, steps: i
 def generate(spec_path: str, out: Path, workers: int, fmax: float, steps: int) -> dict:
     spec = load_spec(spec_path)
     out.mkdir(parents=True, exist_ok=True)
-    key = {"spec": Path(spec_path).read_text(), "fmax": fmax, "steps": steps}
+    # the data depend on the seeds and the levels of theory, not on the loop's settings
+    key = {"spec": spec.model_dump(mode="json", include={"host", "defects", "distortions", "fidelities"}),
+           "fmax": fmax, "steps": steps}
     summary_path = out / "summary.json"
     if summary_path.exists() and json.loads(summary_path.read_text()).get("key") == key:
         return json.loads(summary_path.read_text())
