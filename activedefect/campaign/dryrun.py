@@ -50,7 +50,12 @@ class DryRunReport:
     workers: dict[str, int] = field(default_factory=dict)
     hours: dict[str, float] = field(default_factory=dict)
     timing: ModelTiming | None = None
-    walltime_capped: bool = False
+
+    @property
+    def walltime_capped(self) -> bool:
+        """``budget.walltime_s`` ends the campaign before the work priced here."""
+        parts = ("oracle", "training", "exploration")
+        return bool(self.hours) and self.hours["campaign"] < sum(self.hours[p] for p in parts)
 
     def table(self) -> Table:
         table = Table(title=f"Dry run of {self.name}")
@@ -97,8 +102,7 @@ def dry_run(spec_path: str | Path) -> DryRunReport:
     workers = cluster_workers(spec)
     starts = exploration_starts_per_generation(spec, seeds)
     hours = wall_hours(spec, starts, seconds, timing, workers)
-    capped = hours["campaign"] < hours["oracle"] + hours["training"] + hours["exploration"]
-    return DryRunReport(spec.name, dict(counts), seconds, expected, checks, workers, hours, timing, capped)
+    return DryRunReport(spec.name, dict(counts), seconds, expected, checks, workers, hours, timing)
 
 
 def cluster_workers(spec: CampaignSpec) -> dict[str, int]:

@@ -28,7 +28,7 @@ class LabellingStep:
 
         Once ``budget.walltime_s`` is spent, the tasks running on a worker finish and are
         stored, the queued ones are cancelled, and this returns False (a resume labels the
-        rest); True when every request was labelled."""
+        rest); True when every request was labelled (also when none was left to cancel)."""
         hashes = {f: self.settings_hash(f) for f in FIDELITIES}
         done_relaxations = set(self.state.setdefault("relaxations", []))
         singles = [
@@ -60,13 +60,13 @@ class LabellingStep:
                 request["relax_fmax_eV_A"], request["relax_steps"], known[fidelity], self._journal(key),
                 resources={"label": 1}, pure=False, key=key,
             )] = request
-        out_of_time = False
+        checked, out_of_time = False, False  # out of time: tasks were cancelled, the rest waits for a resume
         for future in as_completed(futures):
             if future.cancelled():
                 continue
-            if not out_of_time and self._walltime_passed():
-                out_of_time = True
-                self._cancel_queued(futures)
+            if not checked and self._walltime_passed():
+                checked = True
+                out_of_time = self._cancel_queued(futures) > 0
             request = futures[future]
             fidelity = request["fidelity"]
             try:
@@ -94,12 +94,14 @@ class LabellingStep:
             self.ws.log_event("walltime", generation=generation, phase="label")
         return not out_of_time
 
-    def _cancel_queued(self, futures: dict) -> None:
+    def _cancel_queued(self, futures: dict) -> int:
         """Cancel the tasks no worker is running yet (tasks with resources are all assigned
-        to workers at once, so the scheduler's ``processing`` would name them all)."""
+        to workers at once, so the scheduler's ``processing`` would name them all); how many."""
         executing = self._client.run(_executing_keys, on_error="ignore")  # a worker lost now runs nothing
         running = {key for keys in executing.values() for key in keys}
-        self._client.cancel([f for f in futures if not f.done() and f.key not in running])
+        queued = [f for f in futures if not f.done() and f.key not in running]
+        self._client.cancel(queued)
+        return len(queued)
 
     def _journal(self, task_key: str) -> str:
         """Where the oracle relaxation run as ``task_key`` writes its steps as they come
