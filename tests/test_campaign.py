@@ -43,6 +43,7 @@ from campaign_support import (
     status_json,
     write_spec,
 )
+from page_browser import PageBrowser, chromium_available
 from typer.testing import CliRunner
 
 from activedefect.campaign.loop import STOP_REASONS, Campaign
@@ -68,48 +69,69 @@ def test_second_driver_is_refused_while_a_campaign_runs(shared_run: Driver):
     assert all(after[f]["calls"] >= labels_before[f]["calls"] for f in after)
 
 
+def _compared(status: dict) -> dict[str, str]:
+    """The numbers the campaign page shows (element id -> text) for a status object."""
+    shown = {"generation": str(status["generation"]), "phase": str(status["phase"]),
+             "converged": str(status["converged"]), "stop_reason": str(status["stop_reason"])}
+    shown.update({f"calls-{f}": str(status["oracle"][f]["calls"]) for f in ("low", "high")})
+    for g in status["ground_states"]:
+        for key, column in (("high", "high_energy_eV"), ("predicted", "predicted_energy_eV")):
+            shown[f"gs-{g['state']}-{key}"] = "—" if g[column] is None else f"{g[column]:.4f}"
+        shown[f"gs-{g['state']}-converged"] = str(g["converged"])
+    return shown
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not chromium_available(), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
 def test_dashboard_page_follows_the_running_campaign(shared_run: Driver):
+    """The page in headless Chromium, opened once while the campaign runs: its plots
+    render, it follows the campaign by pushes (never reloaded), and whenever the driver's
+    last push is what `status --json` says, the page shows exactly those numbers."""
     page = shared_run.campaign_page()
     assert page.startswith("http://") and page.endswith("/activedefect")
+    assert 'href="activedefect"' in (fetch(page.replace("/activedefect", "/status")) or ""), "not in the dashboard menu"
+    browser = PageBrowser()
     seen: list[dict] = []
-    deadline = time.monotonic() + 400
-    while shared_run.alive and time.monotonic() < deadline:
-        before = fetch_json(page + "/json")
-        status = status_json(shared_run.directory)
-        after = fetch_json(page + "/json")
-        if before is None or after is None:  # not published yet, or the cluster closed
-            time.sleep(1)
-            continue
-
-        def within(after: dict) -> bool:
-            return before["generation"] <= status["generation"] <= after["generation"] and all(
-                before["oracle"][f]["calls"] <= status["oracle"][f]["calls"] <= after["oracle"][f]["calls"]
-                for f in ("low", "high")
-            )
-
-        if not within(after):  # the driver writes state.json just before it publishes
-            time.sleep(1)
-            after = fetch_json(page + "/json") or after
-        assert within(after), f"page {before} / {after} vs status --json {status}"
-        assert after["name"] == status["name"] == SPEC["name"]
-        html = fetch(page)
-        if html is not None:
-            shown = int(re.search(r"id='generation'>(-?\d+)<", html).group(1))
-            assert after["generation"] <= shown, "the page shows an older generation than its JSON"
-            assert f"Campaign {SPEC['name']}" in html and "id='calls-low'" in html
-            if after["phase"] in GENERATION_PHASES:  # e.g. generation 0 done, generation 1 training
-                assert after["working_on"] == after["generation"] + 1 and "id='working_on'" in html
-        seen.append(after)
-        if len({s["generation"] for s in seen}) >= 2 and seen[-1]["generation"] >= 1:
-            break
-        time.sleep(2)
+    matched: list[dict] = []  # pushes the page was compared against status --json at
+    try:
+        browser.open(page)
+        browser.driver.execute_script("window.openedOnce = true")
+        deadline = time.monotonic() + 400
+        while shared_run.alive and time.monotonic() < deadline:
+            before = fetch_json(page + "/json")
+            status = status_json(shared_run.directory)
+            time.sleep(1.5)  # the page checks for pushes every 0.5 s
+            shown = browser.texts()
+            after = fetch_json(page + "/json")
+            if before is None or after is None:  # not published yet, or the cluster closed
+                continue
+            assert before["generation"] <= status["generation"] <= after["generation"] + 1
+            assert after["name"] == status["name"] == SPEC["name"]
+            seen.append(after)
+            if before["revision"] == after["revision"] and _compared(after) == _compared(status):
+                expected = _compared(status)
+                assert {k: shown.get(k) for k in expected} == expected, f"page {shown} vs status --json {status}"
+                if after["phase"] in GENERATION_PHASES:
+                    assert shown.get("working_on") == str(after["generation"] + 1)
+                matched.append(after)
+            if matched and matched[-1]["landscape"] and len({s["generation"] for s in seen}) >= 2:
+                break
+        assert matched and matched[-1]["landscape"], f"never a moment with a landscape where page and status agree: {seen[-1:]}"
+        last = matched[-1]
+        assert browser.drawn_plots() == 4 + len(last["landscape"]), "not every plot rendered"
+        for state, points in last["landscape"].items():
+            drawn = sum(browser.source_length(f"landscape-{state}-{part}") or 0 for part in ("relaxed", "stopped"))
+            assert drawn == len(points), f"{state}: {drawn} points drawn, {len(points)} pushed"
+        assert browser.source_length("committee") == len(last["committee"]) >= 1
+        assert browser.driver.execute_script("return window.openedOnce === true"), "the page was reloaded"
+    finally:
+        browser.close()
     generations = [s["generation"] for s in seen]
     assert len(set(generations)) >= 2, f"the page never changed generation: {generations}"
     assert generations == sorted(generations)
     calls = [sum(s["oracle"][f]["calls"] for f in ("low", "high")) for s in seen]
     assert calls[-1] > calls[0], f"the page's oracle calls never grew: {calls}"
-    assert seen[-1]["history"], "no per-generation history on the page after generation 1"
+    assert seen[-1]["history"] and seen[-1]["timeline"], "no history or oracle timeline after generation 1"
 
 
 @pytest.mark.slow

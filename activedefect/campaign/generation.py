@@ -32,6 +32,7 @@ class GenerationStep:
             model_paths = self._train(generation)
             exploration = selection.cached_or_explore(context, generation, model_paths)
             requests = selection.cached_or_select(context, generation, exploration=exploration)
+            self._show_landscape(exploration)
         if not self._label(requests, generation):
             return  # out of walltime: a resume labels the rest of this generation
         if exploration is not None:
@@ -146,4 +147,5 @@ class GenerationStep:
             self.state["history"].append({"state": state, **record.as_dict()})
         for state, previous in self.state["ground_states"].items():
             self.state["ground_states"][state] = mark_stale(GroundStateRecord.from_dict(previous), generation).as_dict()
+        self._show_landscape(exploration)  # with the labels this generation added
         self._save("assessed")

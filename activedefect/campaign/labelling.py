@@ -88,8 +88,7 @@ class LabellingStep:
             else:
                 self.store.add_labels(fidelity, [(request["frame"], outcome)])
             faults.crash_point("label")
-            self.reporter.advance()
-            self._publish()
+            self.reporter.advance()  # the campaign page follows (throttled)
         if out_of_time:
             self.ws.log_event("walltime", generation=generation, phase="label")
         return not out_of_time

@@ -18,7 +18,8 @@ from activedefect.campaign.confirm import ConfirmStep
 from activedefect.campaign.generation import GenerationStep
 from activedefect.campaign.labelling import LabellingStep
 from activedefect.execution.cluster import open_cluster
-from activedefect.execution.dashboard import METADATA_KEY, serve_from_driver
+from activedefect.campaign.live import LivePage, PublishingReporter
+from activedefect.execution.dashboard import serve_from_driver
 from activedefect.execution.reporting import LogReporter, Reporter
 from activedefect.oracle.tasks import shared_data
 from activedefect.results.directory import CampaignDirectory
@@ -36,7 +37,7 @@ NO_NEW_LABELS = (
 STOP_REASONS = ("converged", "budget_low", "budget_high", "no_new_labels", "max_generations", "walltime", "error")
 
 
-class Campaign(CampaignDirectory, GenerationStep, LabellingStep, ConfirmStep):
+class Campaign(CampaignDirectory, GenerationStep, LabellingStep, ConfirmStep, LivePage):
     """A campaign directory and the loop that fills it.
 
     >>> campaign = Campaign.create("campaigns/quickstart.yaml", "runs/quickstart")  # doctest: +SKIP
@@ -60,6 +61,9 @@ class Campaign(CampaignDirectory, GenerationStep, LabellingStep, ConfirmStep):
         self._run_started = time.monotonic()
         self._wall_before = float(self.state.get("wall_s", 0.0))
         self.reporter: Reporter = LogReporter()
+        self._landscape: dict[str, list[dict[str, Any]]] = {}  # the campaign page's energy-vs-distortion plot
+        self._published: dict[str, Any] | None = None
+        self._revision = 0  # of the pushes: the page redraws when it changes
 
     # --- construction -----------------------------------------------------------------
     @classmethod
@@ -135,7 +139,7 @@ class Campaign(CampaignDirectory, GenerationStep, LabellingStep, ConfirmStep):
     ) -> dict[str, Any]:
         """Run (or continue) the campaign until it converges or a budget stops it.
         Returns :meth:`status`."""
-        self.reporter = reporter or LogReporter()
+        self.reporter = PublishingReporter(reporter or LogReporter(), self._publish)
         self.ws.acquire_lock()
         self._run_started = time.monotonic()
         self._wall_before = float(self.state.get("wall_s", 0.0))
@@ -151,7 +155,7 @@ class Campaign(CampaignDirectory, GenerationStep, LabellingStep, ConfirmStep):
             ) as handle:
                 self._client = handle.client
                 if handle.campaign_page is None:
-                    page, stop_page = serve_from_driver(self._status_with_history)
+                    page, stop_page = serve_from_driver(lambda: self._published)
                     handle.campaign_page = page
                 if on_cluster is not None:
                     on_cluster(handle)
@@ -217,13 +221,6 @@ class Campaign(CampaignDirectory, GenerationStep, LabellingStep, ConfirmStep):
         """Write ``state.json`` with the wall time so far, so a killed driver keeps it."""
         self.state["wall_s"] = self._wall_before + time.monotonic() - self._run_started
         self.ws.write_state(self.state)
-
-    def _publish(self) -> None:
-        if self._client is not None:
-            try:
-                self._client.set_metadata(METADATA_KEY, self._status_with_history())
-            except Exception:  # noqa: BLE001 - the dashboard must never stop the campaign
-                pass
 
     # --- preparation: host check and seeds ----------------------------------------------
     def _prepare(self) -> None:

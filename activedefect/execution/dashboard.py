@@ -1,97 +1,67 @@
-"""The campaign page of the Dask dashboard (``/activedefect``, JSON at ``/activedefect/json``).
+"""The campaign page in the Dask dashboard (``/activedefect``, JSON at ``/activedefect/json``).
 
-The driver publishes the campaign status (the same object as ``campaign status --json``,
-plus a per-generation history) into the scheduler's metadata after every step; this
-module, loaded by the scheduler through ``distributed.scheduler.http.routes``, renders it.
-When the scheduler was started without this module, :func:`serve_from_driver` serves the
-same page from the driver process.
+The driver pushes the campaign's live status (``status --json`` plus history, timeline,
+committee errors, landscape, progress; :meth:`Campaign.live_status`) into the scheduler's
+metadata. The scheduler loads this module through ``distributed.scheduler.http.routes``
+(the LocalCluster the campaign starts does; for ``dask scheduler`` see docs/hpc.md):
+importing it adds the Bokeh page to the dashboard's applications and its menu, and
+``routes`` adds the JSON. When the scheduler was started without this module,
+:func:`serve_from_driver` serves the same page and JSON from the driver process.
 """
 
 from __future__ import annotations
 
-import html
+import asyncio
+import functools
 import json
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
+from bokeh.application import Application
+from bokeh.application.handlers.function import FunctionHandler
 from distributed.http.utils import RequestHandler
+from tornado.web import RequestHandler as TornadoHandler
 
-from activedefect.geometry import format_charge
+from activedefect.execution.campaign_page import campaign_document
 
 METADATA_KEY = "activedefect"
-
-
-def render_page(status: dict[str, Any] | None) -> str:
-    """HTML for a status object; refreshes itself every 5 s and needs no server state."""
-    head = (
-        "<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='5'>"
-        "<title>activedefect campaign</title><style>body{font-family:sans-serif;margin:2em}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "th{background:#eee}.bar{background:#ddd;width:300px;height:14px;display:inline-block}"
-        ".fill{background:#3b7dd8;height:14px}</style></head><body>"
-    )
-    if not status:
-        return head + "<h1>activedefect</h1><p>No campaign has reported yet.</p></body></html>"
-    parts = [head, f"<h1>Campaign {html.escape(str(status['name']))}</h1>"]
-    working = "" if status.get("working_on") is None else \
-        f" · working on generation <b id='working_on'>{status['working_on']}</b>"
-    parts.append(
-        f"<p>generation done <b id='generation'>{status['generation']}</b>{working} · phase "
-        f"<b id='phase'>{html.escape(str(status.get('phase')))}</b> · converged "
-        f"<b id='converged'>{status['converged']}</b> · stop reason "
-        f"<b id='stop_reason'>{html.escape(str(status['stop_reason']))}</b></p>"
-    )
-    parts.append("<h2>Labels against the budget</h2><table><tr><th>fidelity</th><th>calls</th>"
-                 "<th>failures</th><th>budget</th><th>oracle s</th><th></th></tr>")
-    for fidelity, oracle in status["oracle"].items():
-        budget = status.get("budget", {}).get(fidelity) or 0
-        used = min(1.0, oracle["calls"] / budget) if budget else 0.0
-        parts.append(
-            f"<tr><td>{fidelity}</td><td id='calls-{fidelity}'>{oracle['calls']}</td>"
-            f"<td>{oracle['failures']}</td><td>{budget}</td><td>{oracle['seconds']:.1f}</td>"
-            f"<td><span class='bar'><div class='fill' style='width:{100 * used:.0f}%'></div></span></td></tr>"
-        )
-    parts.append(f"</table><p>confirm step: <b id='calls-confirm'>{status.get('confirm_calls', 0)}</b> of "
-                 f"{status.get('budget', {}).get('confirm_high', 0)} `high` calls (counted in high above)</p>")
-    parts.append("<h2>Ground states</h2><table><tr><th>defect</th><th>charge</th>"
-                 "<th>predicted E (eV)</th><th>high E (eV)</th><th>max force spread (eV/Å)</th>"
-                 "<th>converged</th></tr>")
-    for gs in status["ground_states"]:
-        parts.append(
-            f"<tr><td>{html.escape(gs['defect'])}</td><td>{format_charge(gs['charge'])}</td>"
-            f"<td>{_fmt(gs['predicted_energy_eV'])}</td><td>{_fmt(gs['high_energy_eV'])}</td>"
-            f"<td>{_fmt(gs.get('max_force_spread_eV_A'))}</td><td>{gs['converged']}</td></tr>"
-        )
-    parts.append("</table>")
-    history = status.get("history") or []
-    if history:
-        parts.append("<h2>Over generations</h2><table><tr><th>generation</th><th>state</th>"
-                     "<th>predicted E (eV)</th><th>spread (eV/Å)</th><th>RMSD to previous (Å)</th>"
-                     "<th>converged</th></tr>")
-        for row in history:
-            parts.append(
-                f"<tr><td>{row['generation']}</td><td>{html.escape(row['state'])}</td>"
-                f"<td>{_fmt(row.get('predicted_energy_eV'))}</td><td>{_fmt(row.get('max_force_spread_eV_A'))}</td>"
-                f"<td>{_fmt(row.get('rmsd_to_previous_A'))}</td><td>{row.get('converged')}</td></tr>"
-            )
-        parts.append("</table>")
-    parts.append(f"<script id='status' type='application/json'>{html.escape(json.dumps(status))}</script>")
-    return "".join(parts) + "</body></html>"
-
-
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"
+PAGE = "activedefect"
 
 
 def _scheduler_status(scheduler) -> dict[str, Any] | None:  # noqa: ANN001
     return scheduler.get_metadata(keys=[METADATA_KEY], default=None)
 
 
-class CampaignPage(RequestHandler):
-    def get(self) -> None:
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.write(render_page(_scheduler_status(self.server)))
+def _dask_page(scheduler, extra: dict[str, Any], doc) -> None:  # noqa: ANN001 - dask's signature
+    """The page as one of the dashboard's Bokeh applications, in its template (menu bar)."""
+    from distributed.dashboard.components.scheduler import BOKEH_THEME, env
+
+    campaign_document(functools.partial(_scheduler_status, scheduler), doc)
+    doc.template = env.get_template("simple.html")
+    doc.template_variables.update(extra)
+    doc.theme = BOKEH_THEME
+
+
+def _register_with_dask_dashboard() -> None:
+    """Add the page to the Bokeh applications the scheduler's dashboard serves and its
+    name to the dashboard's menu (Dask builds both when the scheduler starts, after it
+    imported the route modules)."""
+    from distributed.dashboard import scheduler as dask_dashboard
+
+    dask_dashboard.applications[f"/{PAGE}"] = _dask_page
+    dask_variables = dask_dashboard.template_variables
+    if getattr(dask_variables, "adds_campaign_page", False):
+        return
+
+    def with_campaign_page(scheduler) -> dict[str, Any]:  # noqa: ANN001
+        variables = dask_variables(scheduler)
+        if PAGE not in variables["pages"]:
+            variables["pages"].append(PAGE)
+        return variables
+
+    with_campaign_page.adds_campaign_page = True  # type: ignore[attr-defined]
+    dask_dashboard.template_variables = with_campaign_page
 
 
 class CampaignJSON(RequestHandler):
@@ -100,32 +70,55 @@ class CampaignJSON(RequestHandler):
         self.write(json.dumps(_scheduler_status(self.server)))
 
 
-routes: list[tuple] = [
-    (r"activedefect", CampaignPage, {}),
-    (r"activedefect/json", CampaignJSON, {}),
-]
+try:
+    _register_with_dask_dashboard()
+except ImportError:  # a scheduler without bokeh has no dashboard: the JSON still works
+    pass
+
+routes: list[tuple] = [(rf"{PAGE}/json", CampaignJSON, {})]
 
 
-def serve_from_driver(get_status: Callable[[], dict[str, Any] | None], port: int = 0) -> tuple[str, Callable[[], None]]:
-    """Serve the page from this process (for schedulers started without our module).
-    Returns the page address and a function that stops the server."""
+class _DriverJSON(TornadoHandler):
+    def initialize(self, read_status: Callable[[], dict[str, Any] | None]) -> None:
+        self.read_status = read_status
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            status = get_status()
-            if self.path.rstrip("/").endswith("/json"):
-                body, kind = json.dumps(status).encode(), "application/json"
-            else:
-                body, kind = render_page(status).encode(), "text/html; charset=utf-8"
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps(self.read_status()))
 
-        def log_message(self, *args: Any) -> None:
-            return
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}/activedefect", server.shutdown
+def serve_from_driver(read_status: Callable[[], dict[str, Any] | None], port: int = 0) -> tuple[str, Callable[[], None]]:
+    """Serve the page (a Bokeh server on 127.0.0.1, in a thread of this process) for
+    schedulers started without this module. Returns the page address and a function that
+    stops the server."""
+    from bokeh.server.server import Server
+
+    if port == 0:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    started = threading.Event()
+    held: dict[str, Any] = {}
+
+    def serve() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        server = Server(
+            {f"/{PAGE}": Application(FunctionHandler(functools.partial(campaign_document, read_status)))},
+            address="127.0.0.1", port=port, allow_websocket_origin=[f"127.0.0.1:{port}", f"localhost:{port}"],
+            extra_patterns=[(rf"/{PAGE}/json", _DriverJSON, {"read_status": read_status})],
+        )
+        server.start()
+        held.update(server=server, loop=loop)
+        started.set()
+        loop.run_forever()
+        server.stop()
+        loop.close()
+
+    threading.Thread(target=serve, daemon=True, name="activedefect-page").start()
+    started.wait(30)
+
+    def stop() -> None:
+        held["loop"].call_soon_threadsafe(held["loop"].stop)
+
+    return f"http://127.0.0.1:{port}/{PAGE}", stop

@@ -76,6 +76,7 @@ class CampaignDirectory:
             record = recorded.get(name)
             path = self.ws.ground_states_dir / f"{name}.extxyz"
             ground_states.append({
+                "state": name,
                 "defect": defect,
                 "charge": charge,
                 "converged": bool(record and record["converged"]),
@@ -83,6 +84,8 @@ class CampaignDirectory:
                 "predicted_energy_eV": record["predicted_energy_eV"] if record else None,
                 "high_energy_eV": high_energies.get(frames[name]) if name in frames else None,
                 "max_force_spread_eV_A": record["max_force_spread_eV_A"] if record else None,
+                "high_max_force_eV_A": record.get("high_max_force_eV_A") if record else None,
+                "not_converged_because": list(record.get("reasons", [])) if record else ["no ground state yet"],
                 "structure": str(path.relative_to(self.ws.root)) if path.exists() else None,
             })
         return {

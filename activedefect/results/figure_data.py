@@ -5,37 +5,73 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from activedefect.results.campaign_results import CampaignResults
+from activedefect.results.defect_site import distortion_percent
 from activedefect.seeds.defects import charged_name
+from activedefect.store.zarr_store import Store
+
+if TYPE_CHECKING:
+    from activedefect.search.selection import Exploration
 
 
 # ------------------------------------------------------------------ energy vs distortion
+#: x position (bond distortion %) of ShakeNBreak's non-bond-distortion seeds, after the last one.
+_EXTRA_GAP = 15.0
+
+
+def distortion_x(seeds: list[str]) -> dict[str, float]:
+    """x position of each seed on ShakeNBreak's plot: its bond distortion (%), Unperturbed
+    at 0, the other seeds (Dimer, Rattled) in turn after the largest distortion."""
+    numeric = {s: distortion_percent(s) for s in seeds}
+    top = max([v for v in numeric.values() if v is not None], default=0.0)
+    others = sorted(s for s, v in numeric.items() if v is None and s != "Unperturbed")
+    positions = {s: v for s, v in numeric.items() if v is not None}
+    positions.update({s: top + _EXTRA_GAP * (i + 1) for i, s in enumerate(others)})
+    if "Unperturbed" in seeds:
+        positions["Unperturbed"] = 0.0
+    return positions
+
+
 def distortion_data(results: CampaignResults) -> dict[str, list[dict[str, Any]]]:
-    """Per charge state, each ShakeNBreak seed's committee relaxation of the last
-    exploration: energy relative to the relaxed Unperturbed seed (committee mean and
-    spread, `high` head) and the `high` label of the relaxed structure where one exists
-    (on the same reference, so its offset from the band is the model's error)."""
-    exploration = results.exploration
-    if exploration is None:
+    """:func:`distortion_points` of the campaign's last exploration."""
+    if results.exploration is None:
         return {}
+    hashes = {f: results.directory.settings_hash(f) for f in ("low", "high")}
+    return distortion_points(results.exploration, results.store, hashes)
+
+
+def distortion_points(exploration: Exploration, store: Store, hashes: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    """Per charge state, each ShakeNBreak seed's committee relaxation: energy relative to
+    the relaxed Unperturbed seed (committee mean and spread, `high` head), the `high` label
+    of the relaxed structure where one exists (on the same reference, so its offset from
+    the band is the model's error) and its `low` label (relative to the `low` label of the
+    relaxed Unperturbed seed, else the state's lowest `low` label), and the x position."""
     out: dict[str, list[dict[str, Any]]] = {}
     for result in exploration.results:
         if "~" in result.seed:  # rattled or re-charged starts are not ShakeNBreak seeds
             continue
-        frame = results.store.find_frame(result.atoms)
+        frame = store.find_frame(result.atoms)
+        labels = {f: None if frame is None else store.label_energy(f, frame, hashes[f]) for f in hashes}
         out.setdefault(charged_name(result.defect, result.charge), []).append({
             "seed": result.seed, "energy_eV": float(result.energy_eV), "std_eV": float(result.energy_std_eV),
-            "high_eV": results.high_label(frame) if frame is not None else None, "status": result.status,
+            "high_eV": labels["high"], "low_eV": labels["low"], "status": result.status,
         })
     for points in out.values():
-        ref = next((p["energy_eV"] for p in points if p["seed"] == "Unperturbed"), min(p["energy_eV"] for p in points))
+        x = distortion_x([p["seed"] for p in points])
+        unperturbed = next((p for p in points if p["seed"] == "Unperturbed"), None)
+        ref = unperturbed["energy_eV"] if unperturbed else min(p["energy_eV"] for p in points)
+        low_labels = [p["low_eV"] for p in points if p["low_eV"] is not None]
+        low_ref = unperturbed["low_eV"] if unperturbed and unperturbed["low_eV"] is not None else \
+            min(low_labels, default=None)
         for p in points:
+            p["x"] = x[p["seed"]]
             p["energy_rel_eV"] = p["energy_eV"] - ref
             p["high_rel_eV"] = None if p["high_eV"] is None else p["high_eV"] - ref
+            p["low_rel_eV"] = None if p["low_eV"] is None else p["low_eV"] - low_ref
     return dict(sorted(out.items()))
 
 

@@ -23,9 +23,7 @@ import pandas as pd
 from activedefect.results import levels
 from activedefect.results.campaign_results import to_json
 from activedefect.results.defect_site import distortion_percent
-
-#: x position (bond distortion %) of ShakeNBreak's non-bond-distortion seeds, after the last one.
-_EXTRA_GAP = 15.0
+from activedefect.results.figure_data import distortion_x
 
 
 def _save(fig: plt.Figure, out: Path, name: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -42,17 +40,6 @@ def _limits(ax: plt.Axes) -> dict[str, list[float]]:
 
 
 # ------------------------------------------------------------------ energy vs distortion
-def _x_positions(seeds: list[str]) -> dict[str, float]:
-    numeric = {s: distortion_percent(s) for s in seeds}
-    top = max([v for v in numeric.values() if v is not None], default=0.0)
-    others = sorted(s for s, v in numeric.items() if v is None and s != "Unperturbed")
-    positions = {s: v for s, v in numeric.items() if v is not None}
-    positions.update({s: top + _EXTRA_GAP * (i + 1) for i, s in enumerate(others)})
-    if "Unperturbed" in seeds:
-        positions["Unperturbed"] = 0.0
-    return positions
-
-
 def draw_energy_vs_distortion(data: dict[str, list[dict[str, Any]]], out: Path) -> dict[str, Any]:
     """ShakeNBreak's plot: relaxed energy vs bond distortion, one panel per charge state;
     committee mean (line) with its spread (band) over the relaxations that converged,
@@ -63,7 +50,7 @@ def draw_energy_vs_distortion(data: dict[str, list[dict[str, Any]]], out: Path) 
     drawn: dict[str, Any] = {"panels": {}}
     for ax, state in zip(axes[0], states):
         points = data[state]
-        x = _x_positions([p["seed"] for p in points])
+        x = distortion_x([p["seed"] for p in points])
         relaxed = [p for p in points if p["status"] == "converged"]
         bonds = sorted((p for p in relaxed if distortion_percent(p["seed"]) is not None), key=lambda p: x[p["seed"]])
         bx = np.array([x[p["seed"]] for p in bonds])
