@@ -182,6 +182,12 @@ class BudgetSpec(Block):
 class ConfirmSpec(Block):
     fmax: float = Field(default=0.02, gt=0, description="eV/Å")
     steps: int = Field(default=200, gt=0)
+    optimizer: Literal["bfgs", "fire"] = Field(
+        default="bfgs",
+        description="ASE optimiser of the `high` relaxations; they start near a minimum, where BFGS needs a "
+        "third of FIRE's calls (docs/benchmarks.md)",
+    )
+    bfgs_alpha_eV_A2: float = Field(default=30.0, gt=0, description="eV/Å², BFGS's initial Hessian (× identity)")
     low_minima: int = Field(
         default=2, ge=0,
         description="also relax the lowest N distinct `low` minima (each seed lineage's lowest `low` frame) per "

@@ -127,3 +127,21 @@ def test_a_baseline_killed_mid_relaxation_replays_its_journals_on_resume(tmp_pat
         row = store.label_row("high", store.find_frame(frame), label.settings_hash)
         assert labels.loc[row, "energy_eV"] == label.energy_eV
         assert labels.loc[row, "metadata"]["wall_s"] == label.metadata["wall_s"]
+
+
+def test_bfgs_confirms_fires_minimum_with_fewer_calls_and_replays_its_path(tmp_path: Path):
+    """The confirm step's optimiser: from near a minimum, BFGS ends where FIRE ends with
+    fewer `high` calls, and a resumed BFGS relaxation replays its journal step for step."""
+    near = relax_with_oracle(XTB, vacancy_cell(), 0.5, 200, {})
+    start = near.path[-1][0]
+    fire = relax_with_oracle(XTB, start, 0.02, 200, {})
+    path = tmp_path / "bfgs.jsonl"
+    bfgs = relax_with_oracle(XTB, start, 0.02, 200, {}, str(path), optimizer="bfgs", bfgs_alpha_eV_A2=30.0)
+    (_, fire_end), (_, bfgs_end) = fire.path[-1], bfgs.path[-1]
+    for end in (fire_end, bfgs_end):
+        assert np.linalg.norm(end.forces_eV_A, axis=1).max() < 0.02
+    assert bfgs_end.energy_eV == pytest.approx(fire_end.energy_eV, abs=2e-3)
+    assert len(bfgs.path) < len(fire.path), f"BFGS {len(bfgs.path)} calls, FIRE {len(fire.path)}"
+    again = relax_with_oracle(XTB, start, 0.02, 200, {}, str(path), optimizer="bfgs", bfgs_alpha_eV_A2=30.0)
+    assert [content_hash(f) for f, _ in again.path] == [content_hash(f) for f, _ in bfgs.path]
+    assert [label.metadata["wall_s"] for _, label in again.path] == [label.metadata["wall_s"] for _, label in bfgs.path]

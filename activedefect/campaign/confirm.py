@@ -74,7 +74,7 @@ class ConfirmStep:
             self.ws.log_event("confirm-skipped", reason="budget.confirm_high spent", starts=n_starts)
             self.reporter.message(f"confirm skipped: budget.confirm_high ({self.spec.budget.confirm_high}) spent")
             return
-        steps = min(confirm.steps, calls_each - 1)  # FIRE evaluates the start and then once per step
+        steps = min(confirm.steps, calls_each - 1)  # the optimiser evaluates the start and then once per step
         self._save("confirm")
         self.reporter.start("confirm (high-fidelity relaxations)", n_starts)
         call = self.backend_call("high")
@@ -89,7 +89,7 @@ class ConfirmStep:
                 key = f"confirm-{state}-{candidate['start_frame']}-{high_hash}"  # a journal per level of theory
                 futures[self._client.submit(
                     relax_with_oracle, call, atoms, confirm.fmax, steps, known, self._journal(key),
-                    resources={"label": 1}, pure=False, key=key,
+                    confirm.optimizer, confirm.bfgs_alpha_eV_A2, resources={"label": 1}, pure=False, key=key,
                 )] = (state, candidate, atoms)
         done: dict[str, list[dict[str, Any]]] = {state: [] for state in starts}
         for future in as_completed(futures):

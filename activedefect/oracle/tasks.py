@@ -9,7 +9,7 @@ from typing import Any
 
 from ase import Atoms
 from ase.calculators.calculator import CalculationFailed
-from ase.optimize import FIRE
+from ase.optimize import BFGS, FIRE
 
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY, content_hash
 from activedefect.labels import LabelResult
@@ -74,13 +74,17 @@ class OracleRelaxation:
 
 def relax_with_oracle(
     call: BackendCall, atoms: Atoms, fmax: float, steps: int, known: dict[str, LabelResult],
-    journal: str | None = None,
+    journal: str | None = None, optimizer: str = "fire", bfgs_alpha_eV_A2: float = 70.0,
 ) -> OracleRelaxation:
     """Relax ``atoms`` with the backend (the confirm step, bootstrap and ground-state
     relaxations); geometries already labelled in ``known`` (by content hash) are replayed,
     not recomputed. With ``journal`` (a path, :mod:`activedefect.oracle.journal`) every computed
     step is written down at once, and the steps an earlier, killed run of this relaxation
-    wrote there are replayed too."""
+    wrote there are replayed too.
+
+    ``optimizer``: ASE's ``"fire"`` (robust far from a minimum: the seeds' relaxations) or
+    ``"bfgs"`` with initial Hessian ``bfgs_alpha_eV_A2`` × identity (few calls near one: the
+    confirm step). Both are deterministic, so a replayed relaxation takes the same path."""
     from activedefect.oracle import journal as steps_journal
     from activedefect.oracle.backends.label_calculator import LabelCalculator
 
@@ -97,7 +101,8 @@ def relax_with_oracle(
     work = atoms.copy()
     work.calc = calc
     try:
-        FIRE(work, logfile=None).run(fmax=fmax, steps=steps)
+        optimiser = BFGS(work, logfile=None, alpha=bfgs_alpha_eV_A2) if optimizer == "bfgs" else FIRE(work, logfile=None)
+        optimiser.run(fmax=fmax, steps=steps)
     except CalculationFailed:
         pass
     new = [(frame, label) for frame, label in calc.visited
