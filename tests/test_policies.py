@@ -101,6 +101,23 @@ def test_uncertainty_relaxes_from_cut_frames_with_the_oracle_when_asked():
 
 
 
+def test_uncertainty_labels_each_frame_at_the_head_that_was_uncertain_when_asked():
+    cand = spread_candidates([0.9, 0.8, 0.1, 0.7], cut=[True, True, False, False])
+    cand["head"] = ["low", "high", "high", ""]  # "": not recorded, the final head (high)
+    policy = load_policy({"kind": "uncertainty", "fidelity": "head", "cut_relax_steps": 3})
+    # frame 3 is labelled at high already, frame 1 at low: each asked at the other fidelity only
+    labels = {"low": label_table([1], settings_hash=["s"]), "high": label_table([3], settings_hash=["s"])}
+    ctx = SelectionContext(budget_left={"low": 50, "high": 50}, candidates=cand, labels=labels,
+                           settings_hashes={"low": "s", "high": "s"})
+    result = policy.select(ctx)
+    assert [(r.frame, r.fidelity, r.relax_steps) for r in result.requests] == [(0, "low", 3), (1, "high", 3),
+                                                                                 (2, "high", 0)]
+    plain = load_policy({"kind": "uncertainty"}).select(ctx)
+    assert [(r.frame, r.fidelity) for r in plain.requests] == [(0, "low"), (3, "low"), (2, "low")]
+    with pytest.raises(ValueError, match="fidelity must be one of"):
+        load_policy({"kind": "uncertainty", "fidelity": "medium"})
+
+
 def test_uncertainty_skips_labelled_frames_by_index_and_hash():
     spreads = [0.1, 0.2, 0.25]
     cand = spread_candidates(spreads, frames=[-1, 5, -1])

@@ -42,8 +42,17 @@ def _check_uncertainty(p: Mapping[str, Any]) -> None:
         raise ValueError(f"per_generation must be >= 0, got {p['per_generation']}")
     if int(p["cut_relax_steps"]) < 0:
         raise ValueError(f"cut_relax_steps must be >= 0, got {p['cut_relax_steps']}")
-    if p["fidelity"] not in FIDELITIES:
-        raise ValueError(f"fidelity must be one of {FIDELITIES}, got {p['fidelity']!r}")
+    if p["fidelity"] not in (*FIDELITIES, "head"):
+        raise ValueError(f"fidelity must be one of {(*FIDELITIES, 'head')}, got {p['fidelity']!r}")
+
+
+def _frame_fidelities(cand: pd.DataFrame, fidelity: str) -> np.ndarray:
+    """The fidelity each candidate is labelled at: ``fidelity``, or with ``"head"`` the
+    head that predicted the frame (frames without one: the final head, ``high``)."""
+    if fidelity != "head":
+        return np.full(len(cand), fidelity, dtype=object)
+    heads = cand["head"].to_numpy(dtype=object) if "head" in cand else np.full(len(cand), "", dtype=object)
+    return np.where(heads == "", "high", heads)
 
 
 @register_policy("uncertainty", check=_check_uncertainty)
@@ -66,7 +75,10 @@ def uncertainty(
     mean-pooled descriptors (when given) so near-duplicates are not labelled twice.
     With ``cut_relax_steps`` > 0 a cut frame gets a short oracle relaxation instead of
     one label: labels along the way the relaxation was heading, where the committee
-    disagrees most, so the next generation's committee can follow it further."""
+    disagrees most, so the next generation's committee can follow it further.
+    ``fidelity: head`` labels each frame at the fidelity of the head that was uncertain
+    there: with ``exploration.start_head: low``, cuts on the way down at `low`, cuts near
+    the minima (on the `high` head, where the sparse head decides) at `high`."""
     cand = ctx.candidates
     if cand.empty:
         return []
@@ -76,7 +88,9 @@ def uncertainty(
     window = (spread >= trust_lo) & ~cut
     if include_cut:
         window |= cut
-    pool = np.flatnonzero(window & _not_labelled(ctx, fidelity))
+    at = _frame_fidelities(cand, fidelity)
+    not_labelled = np.where(at == "low", _not_labelled(ctx, "low"), _not_labelled(ctx, "high"))
+    pool = np.flatnonzero(window & not_labelled)
     if not len(pool):
         return []
     n = int(per_generation)  # the budget cuts this priority list afterwards (and counts the rest)
@@ -92,12 +106,12 @@ def uncertainty(
         s = spread[i]
         if cut[i]:
             why = f"cut: spread {s:.3f} eV/Å" + (f"; {cut_relax_steps} oracle steps from it" if relax else "")
-            requests.append(ctx.request(int(i), fidelity, policy, why, **relax))
+            requests.append(ctx.request(int(i), str(at[i]), policy, why, **relax))
         elif s > trust_hi:
-            requests.append(ctx.request(int(i), fidelity, policy, f"spread {s:.3f} eV/Å > trust_hi at large forces"))
+            requests.append(ctx.request(int(i), str(at[i]), policy, f"spread {s:.3f} eV/Å > trust_hi at large forces"))
         else:
             why = f"spread {s:.3f} eV/Å in [{trust_lo}, {trust_hi}]"
-            requests.append(ctx.request(int(i), fidelity, policy, why))
+            requests.append(ctx.request(int(i), str(at[i]), policy, why))
     return requests
 
 

@@ -27,6 +27,7 @@ CANDIDATE_COLUMNS = (
     "max_force_std_eV_A",
     "cut",  # True: the frame where a relaxation left the trusted region
     "basin",  # rank of the basin its trajectory relaxed into, -1 for none
+    "head",  # the committee head that predicted it ("" where not recorded)
 )
 
 
@@ -52,6 +53,7 @@ def candidate_table(
                     "max_force_std_eV_A": f.max_force_std_eV_A,
                     "cut": f.cut,
                     "basin": -1 if rank is None else rank,
+                    "head": f.head or "",
                 }
             )
             atoms.append(f.atoms)

@@ -122,6 +122,7 @@ class _Trajectory:
             energy_std_eV=float(pred.energy_std_eV),
             max_force_std_eV_A=float(pred.max_force_std_eV_A),
             fmax_eV_A=fmax,
+            head=self.head,
         )
 
     def _keep_last(self) -> None:

@@ -118,6 +118,7 @@ class Frame:
     max_force_std_eV_A: float
     fmax_eV_A: float
     cut: bool = False
+    head: str | None = None  # the head that predicted it (None: the settings' final head)
 
 
 @dataclass
