@@ -88,7 +88,10 @@ def _run(campaign, workers: Optional[int], scheduler: Optional[str], dashboard_a
 
     def announce(handle) -> None:  # noqa: ANN001
         console.print(f"Dask dashboard: [link={handle.dashboard_link}]{handle.dashboard_link}[/link]")
-        console.print(f"Campaign page:  [link={handle.campaign_page}]{handle.campaign_page}[/link]")
+        if handle.campaign_page:
+            console.print(f"Campaign page:  [link={handle.campaign_page}]{handle.campaign_page}[/link]")
+        else:
+            console.print("Campaign page:  not served (the reason is in the campaign's events.jsonl)")
 
     try:
         with _progress() as progress:

@@ -5,7 +5,6 @@ pushes without a reload. The page on a running campaign: test_campaign.py."""
 from __future__ import annotations
 
 import copy
-import time
 
 import pytest
 from campaign_support import fetch, fetch_json
@@ -24,12 +23,15 @@ needs_chromium = pytest.mark.skipif(
 def pushed_status(revision: int = 1, high_calls: int = 40) -> dict:
     """A live status as the driver pushes it: two charge states, two generations."""
     points = [
-        {"seed": seed, "x": x, "energy_eV": -800.0 + e, "energy_rel_eV": e, "std_eV": 0.02, "status": status,
-         "high_eV": None if high is None else -800.0 + high, "high_rel_eV": high, "low_eV": None, "low_rel_eV": low}
-        for seed, x, e, status, high, low in [
-            ("Bond_Distortion_-30.0%", -30.0, -0.40, "converged", -0.35, -0.1),
-            ("Unperturbed", 0.0, 0.0, "converged", 0.02, 0.0),
-            ("Bond_Distortion_30.0%", 30.0, 0.5, "max_steps", None, None),
+        {"seed": seed, "x_percent": x, "head": head, "status": status, "reference_eV": -800.0,
+         "energy_eV": energy, "energy_rel_eV": None if head == "low" else energy + 800.0, "std_eV": 0.02,
+         "high_eV": None if high is None else -800.0 + high, "high_rel_eV": high,
+         "low_eV": None if low is None else -790.0 + low, "low_rel_eV": low}
+        for seed, x, head, energy, status, high, low in [
+            ("Bond_Distortion_-30.0%", -30.0, "high", -800.4, "converged", -0.35, -0.1),
+            ("Unperturbed", 0.0, "high", -800.0, "converged", 0.02, 0.0),
+            ("Bond_Distortion_30.0%", 30.0, "high", -799.5, "max_steps", None, None),
+            ("Dimer", 45.0, "low", -790.3, "cut_untrusted", None, None),  # another head: not drawn
         ]]
     ground = [
         {"state": "v_Si_0", "defect": "v_Si", "charge": 0, "seed": "Bond_Distortion_-30.0%", "converged": False,
@@ -71,6 +73,21 @@ def test_timeline_keeps_changes_only_and_thins_old_samples():
     assert len(timeline) <= live.MAX_TIMELINE_SAMPLES
     assert timeline[0]["wall_s"] == 1.0 and timeline[-1]["low_calls"] == live.MAX_TIMELINE_SAMPLES + 4
     assert [s["wall_s"] for s in timeline] == sorted(s["wall_s"] for s in timeline)
+
+
+def test_progress_is_pushed_at_a_phases_start_and_end_and_throttled_between():
+    from activedefect.execution.reporting import LogReporter
+
+    pushed = []
+    reporter = live.PublishingReporter(LogReporter(), lambda: pushed.append(dict(reporter.progress)), interval_s=3600)
+    reporter.start("labelling", 4)
+    for _ in range(4):
+        reporter.advance()
+    assert pushed == [{"phase": "labelling", "done": 0, "total": 4}, {"phase": "labelling", "done": 4, "total": 4}]
+    eager = live.PublishingReporter(LogReporter(), lambda: pushed.append(eager.progress["done"]), interval_s=0)
+    eager.start("training", 3)
+    eager.advance()
+    assert pushed[-2:] == [0, 1]
 
 
 def test_committee_history_keeps_each_generations_last_evaluation():
@@ -136,9 +153,11 @@ def test_the_page_shows_the_pushed_numbers_and_follows_pushes_without_reloading(
         assert browser.driver.execute_script("return window.openedOnce === true"), "the page reloaded"
         browser.screenshot(tmp_path / "page.png")
         assert (tmp_path / "page.png").stat().st_size > 10_000
+        assert "1 stopped on the low head" in browser.driver.execute_script(
+            "return Bokeh.documents[0].get_model_by_name('landscape-v_Si_0').title.text")
     finally:
         browser.close()
         stop()
-    time.sleep(0.5)
     assert fetch(url) is None, "the driver's page server still answers after stop()"
+    stop()  # a second stop does nothing
 

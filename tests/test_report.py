@@ -118,3 +118,46 @@ def test_levels_block_of_the_spec(tmp_path):
     assert spec.levels.corrections_eV == {"v_Si_-2": 0.4}
     with pytest.raises(SpecError, match="levels.corrections_eV"):
         parse_spec({**SPEC, "levels": {"corrections_eV": {"v_Si": 0.4}}}, tmp_path)
+
+
+def test_distortion_points_keep_each_relaxation_on_its_own_reference(tmp_path):
+    """The landscape's energies are on the `high` head, relative to its relaxed Unperturbed
+    seed; a relaxation stopped on the `low` head (start_head: low) or exploded has none."""
+    from ase.build import bulk
+
+    from activedefect.labels import LabelResult
+    from activedefect.results.figure_data import distortion_points
+    from activedefect.search.relaxation import RelaxResult
+    from activedefect.search.selection import Exploration
+    from activedefect.store.zarr_store import Store
+
+    def result(i: int, seed: str, head: str, energy: float, status: str = "converged") -> RelaxResult:
+        atoms = bulk("Si", "diamond", a=5.43).repeat(2)
+        atoms.rattle(0.01, seed=i)
+        atoms.info.update(total_charge=0, total_spin=1, defect="v_Si")
+        return RelaxResult(seed, "v_Si", 0, 1, status, atoms, energy, 0.02, 0.01, 0.01, 10, head=head)
+
+    results = [result(0, "Unperturbed", "high", -100.0), result(1, "Bond_Distortion_-30.0%", "high", -100.5),
+               result(2, "Bond_Distortion_30.0%", "low", -90.0, "cut_untrusted"),
+               result(3, "Dimer", "high", float("nan"), "exploded"),
+               result(4, "Unperturbed~rattle0", "high", -100.6)]  # not a ShakeNBreak seed
+    with Store.open(tmp_path / "store.zarr") as store:
+        frames = store.add_frames([r.atoms for r in results[:2]])
+        forces = np.zeros((len(results[0].atoms), 3))
+        store.add_labels("high", [(frames[1], LabelResult("ok", "h", -100.3, forces, metadata={"wall_s": 1.0}))])
+        store.add_labels("low", [(frames[0], LabelResult("ok", "l", -95.0, forces, metadata={"wall_s": 1.0})),
+                                 (frames[1], LabelResult("ok", "l", -95.2, forces, metadata={"wall_s": 1.0}))])
+        points = distortion_points(Exploration(results, {}, {}), store, {"low": "l", "high": "h"})["v_Si_0"]
+    by_seed = {p["seed"]: p for p in points}
+    assert set(by_seed) == {"Unperturbed", "Bond_Distortion_-30.0%", "Bond_Distortion_30.0%", "Dimer"}
+    assert by_seed["Bond_Distortion_-30.0%"]["energy_rel_eV"] == pytest.approx(-0.5)
+    assert by_seed["Bond_Distortion_-30.0%"]["high_rel_eV"] == pytest.approx(-0.3)  # same reference: error 0.2 eV
+    assert by_seed["Bond_Distortion_-30.0%"]["low_rel_eV"] == pytest.approx(-0.2)  # low's own reference
+    assert by_seed["Bond_Distortion_30.0%"]["head"] == "low" and by_seed["Bond_Distortion_30.0%"]["energy_rel_eV"] is None
+    assert by_seed["Dimer"]["energy_eV"] is None and by_seed["Dimer"]["energy_rel_eV"] is None
+    assert [by_seed[s]["x_percent"] for s in ("Bond_Distortion_-30.0%", "Unperturbed", "Bond_Distortion_30.0%")] == [
+        -30.0, 0.0, 30.0]
+    assert json.loads(json.dumps(points, allow_nan=False)) == points  # JSON the browser can parse
+
+    drawn = figures.draw_energy_vs_distortion({"v_Si_0": points}, tmp_path)["panels"]["v_Si_0"]
+    assert drawn["n_points"] == 2 and drawn["x"]["Unperturbed"] == 0.0

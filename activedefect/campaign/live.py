@@ -15,7 +15,7 @@ from activedefect.spec import FIDELITIES, CampaignSpec
 
 #: Samples of the oracle timeline kept in ``state.json`` (older ones are thinned out).
 MAX_TIMELINE_SAMPLES = 400
-#: Failed labels listed on the page (the newest).
+#: Failed labels listed on the page per fidelity (the newest).
 MAX_FAILURES_SHOWN = 10
 
 
@@ -32,8 +32,8 @@ class LivePage:
             self._revision += 1
             self._published = {**self.live_status(), "revision": self._revision}
             self._client.set_metadata(METADATA_KEY, self._published)
-        except Exception:  # noqa: BLE001 - the dashboard must never stop the campaign
-            pass
+        except Exception as error:  # noqa: BLE001 - the dashboard must never stop the campaign
+            self._page_error(error)
 
     def live_status(self) -> dict[str, Any]:
         """``status --json`` plus the history, oracle timeline, committee errors, landscape,
@@ -56,7 +56,17 @@ class LivePage:
         """The energy-vs-distortion landscape of ``exploration`` for the campaign page."""
         from activedefect.results.figure_data import distortion_points
 
-        self._landscape = distortion_points(exploration, self.store, {f: self.settings_hash(f) for f in FIDELITIES})
+        try:
+            self._landscape = distortion_points(exploration, self.store, {f: self.settings_hash(f) for f in FIDELITIES})
+        except Exception as error:  # noqa: BLE001 - the dashboard must never stop the campaign
+            self._page_error(error)
+
+    def _page_error(self, error: Exception) -> None:
+        """Record (once per kind of error) that the page could not be updated."""
+        text = f"{type(error).__name__}: {error}"
+        if text not in self._page_errors:
+            self._page_errors.add(text)
+            self.ws.log_event("page-error", error=text)
 
 
 class PublishingReporter:
@@ -73,7 +83,7 @@ class PublishingReporter:
 
     def start(self, phase: str, total: int) -> None:
         self.inner.start(phase, total)
-        self.progress = {"phase": phase, "done": 0, "total": int(total), "started": time.time()}
+        self.progress = {"phase": phase, "done": 0, "total": int(total)}
         self._push()
 
     def advance(self, n: int = 1) -> None:
@@ -127,14 +137,15 @@ def committee_history(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def recent_failures(label_tables: dict[str, Any], campaign_error: str | None) -> list[dict[str, Any]]:
-    """The newest failed labels (fidelity, frame, status, reason) and the campaign's own error."""
+    """The campaign's own error (always) and its newest failed labels per fidelity
+    (fidelity, frame, status, reason), at most ``MAX_FAILURES_SHOWN`` of each."""
     failures = [{"fidelity": "campaign", "frame": None, "status": "error", "reason": campaign_error}] \
         if campaign_error else []
     for fidelity, table in label_tables.items():
         failed = table[table["status"] != "ok"].tail(MAX_FAILURES_SHOWN)
         failures += [{"fidelity": fidelity, "frame": int(row.frame), "status": str(row.status),
                       "reason": str(row.reason)} for row in failed.itertuples()]
-    return failures[-MAX_FAILURES_SHOWN:]
+    return failures
 
 
 def time_left(status: dict[str, Any], spec: CampaignSpec, run_elapsed_s: float) -> dict[str, Any]:

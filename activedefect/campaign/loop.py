@@ -64,6 +64,7 @@ class Campaign(CampaignDirectory, GenerationStep, LabellingStep, ConfirmStep, Li
         self._landscape: dict[str, list[dict[str, Any]]] = {}  # the campaign page's energy-vs-distortion plot
         self._published: dict[str, Any] | None = None
         self._revision = 0  # of the pushes: the page redraws when it changes
+        self._page_errors: set[str] = set()  # logged once each (activedefect.campaign.live)
 
     # --- construction -----------------------------------------------------------------
     @classmethod
@@ -157,6 +158,8 @@ class Campaign(CampaignDirectory, GenerationStep, LabellingStep, ConfirmStep, Li
                 if handle.campaign_page is None:
                     page, stop_page = serve_from_driver(lambda: self._published)
                     handle.campaign_page = page
+                    if page is None:
+                        self.ws.log_event("page-error", error="the driver could not serve the campaign page")
                 if on_cluster is not None:
                     on_cluster(handle)
                 self.ws.log_event("run", dashboard=handle.dashboard_link, page=handle.campaign_page)
@@ -196,7 +199,7 @@ class Campaign(CampaignDirectory, GenerationStep, LabellingStep, ConfirmStep, Li
             if self.ws.state_path.exists():
                 self._write_state()
             if stop_page is not None:
-                stop_page()
+                stop_page()  # never raises: the page's server thread is stopped and joined
             self._client = None
             self._close_store()
             self.ws.release_lock()

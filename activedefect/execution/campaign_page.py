@@ -23,6 +23,7 @@ from bokeh.plotting import figure
 
 REFRESH_MS = 500
 FIDELITY_COLOURS = {"low": "#3b7dd8", "high": "#d8453b"}
+#: Each Div renders in its own shadow root, so each carries the table style.
 _STYLE = ("<style>table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;"
           "text-align:right}th{background:#eee}.bar{background:#ddd;width:240px;height:12px;display:inline-block}"
           ".fill{background:#3b7dd8;height:12px}</style>")
@@ -48,10 +49,14 @@ class CampaignPage:
         self.landscapes = row(name="landscapes")
         self._landscape_states: list[str] = []
         self._landscape_sources: dict[str, dict[str, ColumnDataSource]] = {}
+        self._landscape_figures: dict[str, Any] = {}
         self.timeline = ColumnDataSource(name="timeline", data=_timeline_columns([]))
         self.committee = ColumnDataSource(name="committee", data=_committee_columns([]))
         self.budget_lines = {f: Span(dimension="width", location=0, line_dash="dashed", line_color=c)
                              for f, c in FIDELITY_COLOURS.items()}
+        # `high` calls include the confirm step's: its allowance on top, dotted
+        self.budget_lines["confirm"] = Span(dimension="width", location=0, line_dash="dotted",
+                                            line_color=FIDELITY_COLOURS["high"])
         self.ground_states = Div(name="ground-states", sizing_mode="stretch_width")
         self.failures = Div(name="failures", sizing_mode="stretch_width")
         self.root = column(
@@ -67,13 +72,14 @@ class CampaignPage:
 
     # --- figures whose data sources persist -------------------------------------------
     def _calls_figure(self):  # noqa: ANN202 - a bokeh figure
-        fig = figure(title="oracle calls against the budget", width=330, height=260,
+        fig = figure(title="oracle calls (dashed: budget; dotted: + confirm)", width=330, height=260,
                      x_axis_label="wall time (min)", y_axis_label="calls", name="calls-figure")
         for fidelity, colour in FIDELITY_COLOURS.items():
             fig.line("wall_min", f"{fidelity}_calls", source=self.timeline, color=colour, legend_label=fidelity,
                      line_width=2)
             fig.scatter("wall_min", f"{fidelity}_calls", source=self.timeline, color=colour, size=4)
-            fig.add_layout(self.budget_lines[fidelity])
+        for line in self.budget_lines.values():
+            fig.add_layout(line)
         fig.legend.location = "top_left"
         return fig
 
@@ -131,6 +137,7 @@ class CampaignPage:
         fig.legend.location = "top_center"
         fig.legend.click_policy = "hide"
         self._landscape_sources[state] = sources
+        self._landscape_figures[state] = fig
         return fig
 
     # --- updates -------------------------------------------------------------------------
@@ -147,8 +154,10 @@ class CampaignPage:
         self.header.text = _header_html(status)
         self.timeline.data = _timeline_columns(status.get("timeline", []))
         self.committee.data = _committee_columns(status.get("committee", []))
-        for fidelity, line in self.budget_lines.items():
-            line.location = status["budget"][fidelity]
+        budget = status["budget"]
+        for fidelity in FIDELITY_COLOURS:
+            self.budget_lines[fidelity].location = budget[fidelity]
+        self.budget_lines["confirm"].location = budget["high"] + budget.get("confirm_high", 0)
         self._update_landscapes(status)
         self.ground_states.text = _ground_state_html(status)
         self.failures.text = _failures_html(status.get("failures", []))
@@ -157,13 +166,16 @@ class CampaignPage:
         landscape = status.get("landscape") or {}
         states = sorted(landscape)
         if states != self._landscape_states:
-            self._landscape_sources = {}
+            self._landscape_sources, self._landscape_figures = {}, {}
             self.landscapes.children = [self._landscape_figure(state) for state in states]
             self._landscape_states = states
         ground = {g["state"]: g for g in status["ground_states"]}
         for state, points in landscape.items():
             for part, source in self._landscape_sources[state].items():
                 source.data = _landscape_columns(points, part, ground.get(state))
+            off = sum(p["energy_rel_eV"] is None for p in points)
+            self._landscape_figures[state].title.text = state + (
+                f" ({off} stopped on the low head or exploded: not shown)" if off else "")
 
 
 # --- status -> columns and HTML (plain functions: the tests read them too) -------------------
@@ -185,15 +197,16 @@ def _landscape_columns(points: list[dict[str, Any]], part: str, ground: dict[str
     """One plotted layer of a charge state's landscape (x in % distortion, y in eV)."""
     if part == "ground":
         return _ground_marker(points, ground)
-    if part in ("relaxed", "stopped"):
-        chosen = [p for p in points if (p["status"] == "converged") == (part == "relaxed")]
+    if part in ("relaxed", "stopped"):  # on the landscape's head and reference only
+        chosen = [p for p in points if p["energy_rel_eV"] is not None
+                  and (p["status"] == "converged") == (part == "relaxed")]
         y = [p["energy_rel_eV"] for p in chosen]
         std = [p["std_eV"] for p in chosen]
     else:
         chosen = [p for p in points if p.get(f"{part}_rel_eV") is not None]
         y = [p[f"{part}_rel_eV"] for p in chosen]
         std = [0.0] * len(chosen)
-    return {"x": [p["x"] for p in chosen], "y": y, "std": std, "seed": [p["seed"] for p in chosen],
+    return {"x": [p["x_percent"] for p in chosen], "y": y, "std": std, "seed": [p["seed"] for p in chosen],
             "lower": [a - b for a, b in zip(y, std)], "upper": [a + b for a, b in zip(y, std)]}
 
 
@@ -206,11 +219,10 @@ def _ground_marker(points: list[dict[str, Any]], ground: dict[str, Any] | None) 
     seed = ground["seed"].split("~")[0]
     anchor = next((p for p in points if p["seed"] == seed), None)
     energy = ground.get("high_energy_eV") if ground.get("high_energy_eV") is not None else ground.get("predicted_energy_eV")
-    if anchor is None or energy is None:
+    if anchor is None or energy is None or anchor["reference_eV"] is None:
         return empty
-    reference = points[0]["energy_eV"] - points[0]["energy_rel_eV"]
-    y = energy - reference
-    return {"x": [anchor["x"]], "y": [y], "std": [0.0], "seed": [ground["seed"]], "lower": [y], "upper": [y]}
+    y = energy - anchor["reference_eV"]
+    return {"x": [anchor["x_percent"]], "y": [y], "std": [0.0], "seed": [ground["seed"]], "lower": [y], "upper": [y]}
 
 
 def _span(name: str, value: Any) -> str:

@@ -4,8 +4,8 @@ The driver pushes the campaign's live status (``status --json`` plus history, ti
 committee errors, landscape, progress; :meth:`Campaign.live_status`) into the scheduler's
 metadata. The scheduler loads this module through ``distributed.scheduler.http.routes``
 (the LocalCluster the campaign starts does; for ``dask scheduler`` see docs/hpc.md):
-importing it adds the Bokeh page to the dashboard's applications and its menu, and
-``routes`` adds the JSON. When the scheduler was started without this module,
+importing it adds the Bokeh page to the dashboard's applications and its menu (Bokeh
+is one of our dependencies, as it is of Dask's dashboard), and ``routes`` adds the JSON. When the scheduler was started without this module,
 :func:`serve_from_driver` serves the same page and JSON from the driver process.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import socket
 import threading
 from typing import Any, Callable
@@ -24,6 +25,8 @@ from distributed.http.utils import RequestHandler
 from tornado.web import RequestHandler as TornadoHandler
 
 from activedefect.execution.campaign_page import campaign_document
+
+log = logging.getLogger(__name__)
 
 METADATA_KEY = "activedefect"
 PAGE = "activedefect"
@@ -70,10 +73,7 @@ class CampaignJSON(RequestHandler):
         self.write(json.dumps(_scheduler_status(self.server)))
 
 
-try:
-    _register_with_dask_dashboard()
-except ImportError:  # a scheduler without bokeh has no dashboard: the JSON still works
-    pass
+_register_with_dask_dashboard()
 
 routes: list[tuple] = [(rf"{PAGE}/json", CampaignJSON, {})]
 
@@ -87,10 +87,12 @@ class _DriverJSON(TornadoHandler):
         self.write(json.dumps(self.read_status()))
 
 
-def serve_from_driver(read_status: Callable[[], dict[str, Any] | None], port: int = 0) -> tuple[str, Callable[[], None]]:
+def serve_from_driver(read_status: Callable[[], dict[str, Any] | None], port: int = 0,
+                      ) -> tuple[str | None, Callable[[], None]]:
     """Serve the page (a Bokeh server on 127.0.0.1, in a thread of this process) for
-    schedulers started without this module. Returns the page address and a function that
-    stops the server."""
+    schedulers started without this module. Returns the page address (None where the
+    server could not start: the campaign runs on without a page) and a function that
+    stops the server and waits for its thread."""
     from bokeh.server.server import Server
 
     if port == 0:
@@ -103,22 +105,34 @@ def serve_from_driver(read_status: Callable[[], dict[str, Any] | None], port: in
     def serve() -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        server = Server(
-            {f"/{PAGE}": Application(FunctionHandler(functools.partial(campaign_document, read_status)))},
-            address="127.0.0.1", port=port, allow_websocket_origin=[f"127.0.0.1:{port}", f"localhost:{port}"],
-            extra_patterns=[(rf"/{PAGE}/json", _DriverJSON, {"read_status": read_status})],
-        )
-        server.start()
-        held.update(server=server, loop=loop)
+        try:
+            server = Server(
+                {f"/{PAGE}": Application(FunctionHandler(functools.partial(campaign_document, read_status)))},
+                address="127.0.0.1", port=port, allow_websocket_origin=[f"127.0.0.1:{port}", f"localhost:{port}"],
+                extra_patterns=[(rf"/{PAGE}/json", _DriverJSON, {"read_status": read_status})],
+            )
+            server.start()
+        except Exception as error:  # noqa: BLE001 - e.g. the port was taken after the probe
+            held["error"] = error
+            loop.close()
+            started.set()
+            return
+        held["loop"] = loop
         started.set()
         loop.run_forever()
         server.stop()
         loop.close()
 
-    threading.Thread(target=serve, daemon=True, name="activedefect-page").start()
-    started.wait(30)
+    thread = threading.Thread(target=serve, daemon=True, name="activedefect-page")
+    thread.start()
+    if not started.wait(30) or "loop" not in held:
+        log.warning("campaign page not served from the driver: %s", held.get("error", "no start within 30 s"))
+        return None, lambda: None
 
     def stop() -> None:
-        held["loop"].call_soon_threadsafe(held["loop"].stop)
+        loop = held.pop("loop", None)
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
 
     return f"http://127.0.0.1:{port}/{PAGE}", stop

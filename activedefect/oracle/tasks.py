@@ -96,6 +96,8 @@ def relax_with_oracle(
         if label.ok:
             steps_journal.append(journal, frame, label)
 
+    if optimizer not in ("fire", "bfgs"):
+        raise ValueError(f"optimizer must be 'fire' or 'bfgs', got {optimizer!r}")
     calc = LabelCalculator(call.labeller(), charge, multiplicity, known={**journalled, **known},
                            on_computed=write_down if journal else None)
     work = atoms.copy()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,8 +20,8 @@ if TYPE_CHECKING:
 
 
 # ------------------------------------------------------------------ energy vs distortion
-#: x position (bond distortion %) of ShakeNBreak's non-bond-distortion seeds, after the last one.
-_EXTRA_GAP = 15.0
+#: Gap (bond distortion, %) between ShakeNBreak's non-bond-distortion seeds, after the last one.
+_EXTRA_GAP_PERCENT = 15.0
 
 
 def distortion_x(seeds: list[str]) -> dict[str, float]:
@@ -30,7 +31,7 @@ def distortion_x(seeds: list[str]) -> dict[str, float]:
     top = max([v for v in numeric.values() if v is not None], default=0.0)
     others = sorted(s for s, v in numeric.items() if v is None and s != "Unperturbed")
     positions = {s: v for s, v in numeric.items() if v is not None}
-    positions.update({s: top + _EXTRA_GAP * (i + 1) for i, s in enumerate(others)})
+    positions.update({s: top + _EXTRA_GAP_PERCENT * (i + 1) for i, s in enumerate(others)})
     if "Unperturbed" in seeds:
         positions["Unperturbed"] = 0.0
     return positions
@@ -44,34 +45,43 @@ def distortion_data(results: CampaignResults) -> dict[str, list[dict[str, Any]]]
     return distortion_points(results.exploration, results.store, hashes)
 
 
-def distortion_points(exploration: Exploration, store: Store, hashes: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
-    """Per charge state, each ShakeNBreak seed's committee relaxation: energy relative to
-    the relaxed Unperturbed seed (committee mean and spread, `high` head), the `high` label
-    of the relaxed structure where one exists (on the same reference, so its offset from
-    the band is the model's error) and its `low` label (relative to the `low` label of the
-    relaxed Unperturbed seed, else the state's lowest `low` label), and the x position."""
+def distortion_points(exploration: Exploration, store: Store, hashes: dict[str, str],
+                      head: str = "high") -> dict[str, list[dict[str, Any]]]:
+    """Per charge state, each ShakeNBreak seed's committee relaxation on ``head``: energy
+    relative to the relaxed Unperturbed seed (committee mean and spread; ``reference_eV``),
+    the `high` label of the relaxed structure where one exists (on the same reference, so
+    its offset from the point is the model's error), its `low` label (relative to the
+    `low` label of the Unperturbed seed's end, else the state's lowest `low` label) and
+    the x position (bond distortion, %). A relaxation that stopped while still on another
+    head (``exploration.start_head``) or exploded has no energy on this reference:
+    ``energy_rel_eV`` is None there and ``head`` says where it stopped."""
     out: dict[str, list[dict[str, Any]]] = {}
     for result in exploration.results:
         if "~" in result.seed:  # rattled or re-charged starts are not ShakeNBreak seeds
             continue
         frame = store.find_frame(result.atoms)
         labels = {f: None if frame is None else store.label_energy(f, frame, hashes[f]) for f in hashes}
+        finite = math.isfinite(result.energy_eV) and math.isfinite(result.energy_std_eV)
         out.setdefault(charged_name(result.defect, result.charge), []).append({
-            "seed": result.seed, "energy_eV": float(result.energy_eV), "std_eV": float(result.energy_std_eV),
-            "high_eV": labels["high"], "low_eV": labels["low"], "status": result.status,
+            "seed": result.seed, "head": result.head or head, "status": result.status,
+            "energy_eV": float(result.energy_eV) if finite else None,
+            "std_eV": float(result.energy_std_eV) if finite else None,
+            "high_eV": labels["high"], "low_eV": labels["low"],
         })
     for points in out.values():
         x = distortion_x([p["seed"] for p in points])
-        unperturbed = next((p for p in points if p["seed"] == "Unperturbed"), None)
-        ref = unperturbed["energy_eV"] if unperturbed else min(p["energy_eV"] for p in points)
-        low_labels = [p["low_eV"] for p in points if p["low_eV"] is not None]
-        low_ref = unperturbed["low_eV"] if unperturbed and unperturbed["low_eV"] is not None else \
-            min(low_labels, default=None)
+        on_head = [p for p in points if p["head"] == head and p["energy_eV"] is not None]
+        unperturbed = next((p for p in on_head if p["seed"] == "Unperturbed"), None)
+        ref = unperturbed["energy_eV"] if unperturbed else min((p["energy_eV"] for p in on_head), default=None)
+        low_unperturbed = next((p["low_eV"] for p in points if p["seed"] == "Unperturbed"), None)
+        low_ref = low_unperturbed if low_unperturbed is not None else \
+            min((p["low_eV"] for p in points if p["low_eV"] is not None), default=None)
         for p in points:
-            p["x"] = x[p["seed"]]
-            p["energy_rel_eV"] = p["energy_eV"] - ref
-            p["high_rel_eV"] = None if p["high_eV"] is None else p["high_eV"] - ref
-            p["low_rel_eV"] = None if p["low_eV"] is None else p["low_eV"] - low_ref
+            p["x_percent"] = x[p["seed"]]
+            p["reference_eV"] = ref
+            p["energy_rel_eV"] = p["energy_eV"] - ref if ref is not None and p in on_head else None
+            p["high_rel_eV"] = p["high_eV"] - ref if ref is not None and p["high_eV"] is not None else None
+            p["low_rel_eV"] = p["low_eV"] - low_ref if p["low_eV"] is not None else None
     return dict(sorted(out.items()))
 
 

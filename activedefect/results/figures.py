@@ -43,14 +43,16 @@ def _limits(ax: plt.Axes) -> dict[str, list[float]]:
 def draw_energy_vs_distortion(data: dict[str, list[dict[str, Any]]], out: Path) -> dict[str, Any]:
     """ShakeNBreak's plot: relaxed energy vs bond distortion, one panel per charge state;
     committee mean (line) with its spread (band) over the relaxations that converged,
-    open circles where the committee relaxation stopped early (cut as untrusted, out of
-    steps), `high` labels as crosses."""
+    open circles where the committee relaxation stopped early on the `high` head (cut as
+    untrusted, out of steps), `high` labels as crosses; relaxations that stopped on
+    another head have no energy on this reference and are counted in the title."""
     states = list(data)
     fig, axes = plt.subplots(1, max(1, len(states)), figsize=(4.2 * max(1, len(states)), 3.6), squeeze=False)
     drawn: dict[str, Any] = {"panels": {}}
     for ax, state in zip(axes[0], states):
-        points = data[state]
-        x = distortion_x([p["seed"] for p in points])
+        # relaxations stopped on another head (or exploded) have no energy on this reference
+        points = [p for p in data[state] if p["energy_rel_eV"] is not None]
+        x = distortion_x([p["seed"] for p in data[state]])
         relaxed = [p for p in points if p["status"] == "converged"]
         bonds = sorted((p for p in relaxed if distortion_percent(p["seed"]) is not None), key=lambda p: x[p["seed"]])
         bx = np.array([x[p["seed"]] for p in bonds])
@@ -75,7 +77,9 @@ def draw_energy_vs_distortion(data: dict[str, list[dict[str, Any]]], out: Path) 
         if labelled:
             ax.plot([x[p["seed"]] for p in labelled], [p["high_rel_eV"] for p in labelled], "x", color="C3",
                     markersize=9, label="high label")
-        ax.set_title(state)
+        off = len(data[state]) - len(points)
+        ax.set_title(state + (f" ({off} stopped on the `low` head or exploded: not shown)" if off else ""),
+                     fontsize=10 if off else None)
         ax.set_xlabel("bond distortion (%)")
         ax.set_ylabel("E − E(Unperturbed) (eV)")
         ax.legend(fontsize=7)
