@@ -74,10 +74,7 @@ class CampaignPage:
     def _calls_figure(self):  # noqa: ANN202 - a bokeh figure
         fig = figure(title="oracle calls (dashed: budget; dotted: + confirm)", width=330, height=260,
                      x_axis_label="wall time (min)", y_axis_label="calls", name="calls-figure")
-        for fidelity, colour in FIDELITY_COLOURS.items():
-            fig.line("wall_min", f"{fidelity}_calls", source=self.timeline, color=colour, legend_label=fidelity,
-                     line_width=2)
-            fig.scatter("wall_min", f"{fidelity}_calls", source=self.timeline, color=colour, size=4)
+        _fidelity_lines(fig, self.timeline, "wall_min", "{f}_calls")
         for line in self.budget_lines.values():
             fig.add_layout(line)
         fig.legend.location = "top_left"
@@ -86,20 +83,15 @@ class CampaignPage:
     def _seconds_figure(self):  # noqa: ANN202
         fig = figure(title="oracle seconds (summed over workers)", width=330, height=260,
                      x_axis_label="wall time (min)", y_axis_label="oracle time (min)", name="seconds-figure")
-        for fidelity, colour in FIDELITY_COLOURS.items():
-            fig.line("wall_min", f"{fidelity}_oracle_min", source=self.timeline, color=colour, legend_label=fidelity,
-                     line_width=2)
-            fig.scatter("wall_min", f"{fidelity}_oracle_min", source=self.timeline, color=colour, size=4)
+        _fidelity_lines(fig, self.timeline, "wall_min", "{f}_oracle_min")
         fig.legend.location = "top_left"
         return fig
 
     def _error_figure(self):  # noqa: ANN202
         fig = figure(title="committee on held-out labels", width=330, height=260, x_axis_label="generation",
                      y_axis_label="mean |ΔF| per atom (eV/Å)", name="error-figure")
+        _fidelity_lines(fig, self.committee, "generation", "{f}_force_error_eV_A", "{f} error")
         for head, colour in FIDELITY_COLOURS.items():
-            fig.line("generation", f"{head}_force_error_eV_A", source=self.committee, color=colour,
-                     legend_label=f"{head} error", line_width=2)
-            fig.scatter("generation", f"{head}_force_error_eV_A", source=self.committee, color=colour, size=6)
             fig.line("generation", f"{head}_force_spread_eV_A", source=self.committee, color=colour,
                      line_dash="dashed", legend_label=f"{head} spread")
         fig.legend.location = "top_right"
@@ -109,10 +101,7 @@ class CampaignPage:
         fig = figure(title="calibration: force error / spread", width=330, height=260, x_axis_label="generation",
                      y_axis_label="error / spread", name="ratio-figure")
         fig.add_layout(BoxAnnotation(bottom=0.5, top=2.0, fill_alpha=0.1, fill_color="green"))
-        for head, colour in FIDELITY_COLOURS.items():
-            fig.line("generation", f"{head}_error_to_spread", source=self.committee, color=colour, legend_label=head,
-                     line_width=2)
-            fig.scatter("generation", f"{head}_error_to_spread", source=self.committee, color=colour, size=6)
+        _fidelity_lines(fig, self.committee, "generation", "{f}_error_to_spread")
         fig.legend.location = "top_right"
         return fig
 
@@ -176,6 +165,14 @@ class CampaignPage:
             off = sum(p["energy_rel_eV"] is None for p in points)
             self._landscape_figures[state].title.text = state + (
                 f" ({off} stopped on the low head or exploded: not shown)" if off else "")
+
+
+def _fidelity_lines(fig, source: ColumnDataSource, x: str, column: str, label: str = "{f}") -> None:  # noqa: ANN001
+    """A line with markers per fidelity; ``column`` and ``label`` name it with ``{f}``."""
+    for fidelity, colour in FIDELITY_COLOURS.items():
+        fig.line(x, column.format(f=fidelity), source=source, color=colour, legend_label=label.format(f=fidelity),
+                 line_width=2)
+        fig.scatter(x, column.format(f=fidelity), source=source, color=colour, size=5)
 
 
 # --- status -> columns and HTML (plain functions: the tests read them too) -------------------
