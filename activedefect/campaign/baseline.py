@@ -4,10 +4,10 @@ with the `high` backend directly, as in the standard ShakeNBreak workflow.
 A baseline is a campaign directory whose loop is one generation of oracle relaxations
 (the same seeds, the same Dask cluster, the same store, lock and resume as a campaign;
 the confirm step's ``fmax`` and ``steps``, with FIRE: every seed relaxes from far from a
-minimum, where the confirm step's BFGS is not the optimiser ShakeNBreak's screen would use). Its ground state per defect ×
-charge is the lowest-energy `high` label of any of its relaxations; its status JSON and
-``ground_states/`` files have a campaign's format, with ``predicted_energy_eV`` equal to
-the `high` energy (there is no model). Budgets do not apply: a baseline runs everything.
+minimum, as in ShakeNBreak's screen, not from near one as the confirm step's BFGS does).
+Its ground state per defect × charge is the lowest-energy `high` label of any of its
+relaxations; its status JSON and ``ground_states/`` files have a campaign's format, with
+``predicted_energy_eV`` equal to the `high` energy (there is no model). Budgets do not apply: a baseline runs everything.
 """
 
 from __future__ import annotations

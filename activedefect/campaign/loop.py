@@ -17,8 +17,8 @@ from distributed import Client
 from activedefect.campaign.confirm import ConfirmStep
 from activedefect.campaign.generation import GenerationStep
 from activedefect.campaign.labelling import LabellingStep
-from activedefect.execution.cluster import open_cluster
 from activedefect.campaign.live import LivePage, PublishingReporter
+from activedefect.execution.cluster import open_cluster
 from activedefect.execution.dashboard import serve_from_driver
 from activedefect.execution.reporting import LogReporter, Reporter
 from activedefect.oracle.tasks import shared_data

@@ -3,10 +3,11 @@
 The driver pushes the campaign's live status (``status --json`` plus history, timeline,
 committee errors, landscape, progress; :meth:`Campaign.live_status`) into the scheduler's
 metadata. The scheduler loads this module through ``distributed.scheduler.http.routes``
-(the LocalCluster the campaign starts does; for ``dask scheduler`` see docs/hpc.md):
+(the LocalCluster the campaign starts does; for ``dask scheduler`` see docs/index.md):
 importing it adds the Bokeh page to the dashboard's applications and its menu (Bokeh
-is one of our dependencies, as it is of Dask's dashboard), and ``routes`` adds the JSON. When the scheduler was started without this module,
-:func:`serve_from_driver` serves the same page and JSON from the driver process.
+is one of our dependencies, as it is of Dask's dashboard), and ``routes`` adds the JSON.
+When the scheduler was started without this module, :func:`serve_from_driver` serves the
+same page and JSON from the driver process.
 """
 
 from __future__ import annotations
