@@ -24,10 +24,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir")
     parser.add_argument("--optimizers", default="fire,bfgs:70,bfgs:30",
-                        help="comma-separated: fire, or bfgs:ALPHA (initial Hessian, eV/Å²)")
+                        help="comma-separated: fire, or bfgs:ALPHA (initial Hessian, eV/Å²; bfgs alone: 30)")
     args = parser.parse_args()
     campaign = Campaign.open(args.run_dir)
-    store, call = campaign._read_store(), campaign.backend_call("high")
+    store, call = campaign.results().store, campaign.backend_call("high")
     confirm = campaign.spec.convergence.confirm
     optimizers = args.optimizers.split(",")
     totals = dict.fromkeys(optimizers, 0)
@@ -40,7 +40,7 @@ def main() -> None:
                 kind, _, alpha = name.partition(":")
                 began = time.perf_counter()
                 relaxation = relax_with_oracle(call, start, confirm.fmax, confirm.steps, {}, optimizer=kind,
-                                               bfgs_alpha_eV_A2=float(alpha or 70.0))
+                                               bfgs_alpha_eV_A2=float(alpha or 30.0))
                 _, end = relaxation.path[-1]
                 totals[name] += len(relaxation.path)
                 cells.append(f"{len(relaxation.path):3d} calls {end.energy_eV:11.4f} eV "

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from page_browser import PageBrowser  # noqa: E402
+from page_browser import PageBrowser, wait_for  # noqa: E402
 
 CLI = [str(Path(sys.executable).with_name("activedefect"))]
 
@@ -48,15 +48,16 @@ def main() -> None:
     browser = None
     started = time.monotonic()
     try:
-        page = _wait(lambda: (re.findall(r"Campaign page:\s+(http://\S+)", log.read_text()) or [None])[0],
-                     "the campaign page's address", driver, args.timeout_s)
+        page = wait_for("the campaign page's address", _while_running(
+            driver, lambda: (re.findall(r"Campaign page:\s+(http://\S+)", log.read_text()) or [None])[0]),
+            args.timeout_s)
         print(f"page: {page}")
         browser = PageBrowser()
         browser.open(page)
-        _wait(lambda: browser.texts().get("working_on") == str(args.generation + 1)
-              and browser.texts().get("phase") == "train", f"generation {args.generation + 1} training", driver,
-              args.timeout_s)
-        browser.wait_for("all plots", lambda: browser.drawn_plots() >= 5)
+        wait_for(f"generation {args.generation + 1} training", _while_running(
+            driver, lambda: browser.texts().get("working_on") == str(args.generation + 1)
+            and browser.texts().get("phase") == "train"), args.timeout_s)
+        wait_for("all plots", lambda: browser.drawn_plots() >= 5)
         shot = browser.screenshot(Path(args.out))
         status = json.loads(subprocess.run(CLI + ["campaign", "status", args.dir, "--json"], capture_output=True,
                                            text=True, check=True).stdout)
@@ -73,17 +74,13 @@ def main() -> None:
             driver.wait(120)
 
 
-def _wait(condition, what: str, driver: subprocess.Popen, timeout_s: float):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
+def _while_running(driver: subprocess.Popen, condition):  # noqa: ANN001, ANN202
+    """``condition``, failing at once when the campaign has stopped."""
+    def check():  # noqa: ANN202
         if driver.poll() is not None:
-            raise SystemExit(f"the campaign stopped (rc {driver.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"no {what} within {timeout_s} s")
-        time.sleep(1.0)
+            raise SystemExit(f"the campaign stopped (rc {driver.returncode}) before the screenshot")
+        return condition()
+    return check
 
 
 if __name__ == "__main__":

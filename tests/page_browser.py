@@ -19,6 +19,18 @@ const deep = (root, selector, out) => {
 """
 
 
+def wait_for(what: str, condition, timeout: float = 60.0):  # noqa: ANN001, ANN201
+    """Poll ``condition`` every 0.25 s until it returns something true; return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout} s")
+        time.sleep(0.25)
+
+
 def chromium_available() -> bool:
     return shutil.which("chromium") is not None and shutil.which("chromedriver") is not None
 
@@ -66,16 +78,6 @@ class PageBrowser:
             "const docs = (window.Bokeh && Bokeh.documents) || [];"
             "for (const d of docs) { const m = d.get_model_by_name(arguments[0]);"
             " if (m) { const c = Object.values(m.data)[0]; return c ? c.length : 0; } } return null;", name)
-
-    def wait_for(self, what: str, condition, timeout: float = 60.0):  # noqa: ANN001, ANN201
-        deadline = time.monotonic() + timeout
-        while True:
-            value = condition()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the page showed no {what} within {timeout} s")
-            time.sleep(0.25)
 
     def screenshot(self, path: Path) -> Path:
         """A PNG of the whole page (the window is resized to the page's height first)."""

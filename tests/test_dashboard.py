@@ -8,7 +8,7 @@ import copy
 
 import pytest
 from campaign_support import fetch, fetch_json
-from page_browser import PageBrowser, chromium_available
+from page_browser import PageBrowser, chromium_available, wait_for
 
 from activedefect.campaign import live
 from activedefect.execution.cluster import open_cluster
@@ -103,6 +103,18 @@ def test_committee_history_keeps_each_generations_last_evaluation():
     assert rows[0]["low_held_out"] == 4 and rows[0]["high_force_error_eV_A"] is None
 
 
+def test_failures_keep_the_campaign_error_and_each_fidelitys_newest():
+    import pandas as pd
+
+    n = live.MAX_FAILURES_SHOWN + 3
+    low = pd.DataFrame({"frame": range(n), "status": ["scf_failed"] * n, "reason": [f"r{i}" for i in range(n)]})
+    high = pd.DataFrame({"frame": [1, 2], "status": ["ok", "timeout"], "reason": ["", "slow"]})
+    failures = live.recent_failures({"low": low, "high": high}, "RuntimeError: boom")
+    assert failures[0] == {"fidelity": "campaign", "frame": None, "status": "error", "reason": "RuntimeError: boom"}
+    assert [f["frame"] for f in failures if f["fidelity"] == "low"] == list(range(3, n))
+    assert [(f["frame"], f["reason"]) for f in failures if f["fidelity"] == "high"] == [(2, "slow")]
+
+
 def test_time_left_is_the_nearest_limit_at_the_rate_so_far():
     spec = load_spec("campaigns/quickstart.yaml")
     spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"low": 1000, "high": 100, "generations": 10})})
@@ -135,7 +147,7 @@ def test_the_page_shows_the_pushed_numbers_and_follows_pushes_without_reloading(
     try:
         browser.open(url)
         browser.driver.execute_script("window.openedOnce = true")
-        browser.wait_for("six drawn plots", lambda: browser.drawn_plots() == 6)  # 2 landscapes, calls, seconds, errors, ratio
+        wait_for("six drawn plots", lambda: browser.drawn_plots() == 6)  # 2 landscapes, calls, seconds, errors, ratio
         shown = browser.texts()
         assert shown["generation"] == "1" and shown["working_on"] == "2" and shown["phase"] == "label"
         assert shown["calls-low"] == "120" and shown["calls-high"] == "40"
@@ -149,7 +161,7 @@ def test_the_page_shows_the_pushed_numbers_and_follows_pushes_without_reloading(
         assert "SCF did not converge" in shown["failures"] and "stable for 0/2" in browser.texts()["ground-states-table"]
 
         held["status"] = pushed_status(revision=2, high_calls=41)
-        browser.wait_for("the pushed call count", lambda: browser.texts().get("calls-high") == "41", timeout=10)
+        wait_for("the pushed call count", lambda: browser.texts().get("calls-high") == "41", timeout=10)
         assert browser.driver.execute_script("return window.openedOnce === true"), "the page reloaded"
         browser.screenshot(tmp_path / "page.png")
         assert (tmp_path / "page.png").stat().st_size > 10_000

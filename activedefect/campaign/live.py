@@ -47,7 +47,9 @@ class LivePage:
             committee=committee_history(self.ws.metrics()),
             landscape=self._landscape,
             progress=progress if self.state.get("phase") != "stopped" else None,
-            failures=recent_failures({f: self.store.label_table(f) for f in FIDELITIES}, self.state.get("error")),
+            # label tables are read again only where a label failed: most pushes read none
+            failures=recent_failures({f: self.store.label_table(f) for f in FIDELITIES if status["oracle"][f]["failures"]},
+                                     self.state.get("error")),
             time_left=time_left(status, self.spec, time.monotonic() - self._run_started),
         )
         return status

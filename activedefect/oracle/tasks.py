@@ -74,7 +74,7 @@ class OracleRelaxation:
 
 def relax_with_oracle(
     call: BackendCall, atoms: Atoms, fmax: float, steps: int, known: dict[str, LabelResult],
-    journal: str | None = None, optimizer: str = "fire", bfgs_alpha_eV_A2: float = 70.0,
+    journal: str | None = None, optimizer: str = "fire", bfgs_alpha_eV_A2: float = 30.0,
 ) -> OracleRelaxation:
     """Relax ``atoms`` with the backend (the confirm step, bootstrap and ground-state
     relaxations); geometries already labelled in ``known`` (by content hash) are replayed,
