@@ -47,7 +47,9 @@ SPEC = {
     # Unperturbed relaxes to 0.01 eV/Å in ~26 committee steps (a candidate per charge
     # state); distorted seeds need ~50, so generation 2 continues them where they stopped
     "exploration": {"max_steps": 40},
-    "policies": ["bootstrap", {"kind": "uncertainty", "cut_relax_steps": 2},
+    # generation 0 labels single points: the default `low` screen (150 steps per seed) is
+    # a minute more per campaign here, and the tests' campaigns are about the loop
+    "policies": [{"kind": "bootstrap", "low_relax_steps": 0}, {"kind": "uncertainty", "cut_relax_steps": 2},
                  {"kind": "stratified", "ground_state_relax_steps": 3}],
     "budget": {"generations": 3},
     "convergence": {"confirm": {"fmax": 0.05, "steps": 10}},

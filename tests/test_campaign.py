@@ -600,7 +600,7 @@ def test_a_generation_that_selects_no_label_stops_the_loop_and_says_why(tmp_path
     stopped, generation 1 changes nothing: the loop stops there (`no_new_labels`) instead of
     retraining on the same data until budget.generations."""
     spec = write_spec(tmp_path / "spec.yaml", {**KILL_SPEC, "name": "no-policy-after-bootstrap",
-                                              "policies": ["bootstrap"], "budget": {"generations": 4},
+                                              "policies": [SPEC["policies"][0]], "budget": {"generations": 4},
                                               "exploration": {"max_steps": 40, "continue_unfinished": False},
                                               "convergence": {"confirm": None}})
     directory = tmp_path / "run"
@@ -621,14 +621,16 @@ def test_dry_run_prices_training_and_relaxations_on_the_specs_own_model(tmp_path
     from math import ceil
 
     from activedefect.campaign.dryrun import dry_run
+    from activedefect.spec_blocks import BudgetSpec
 
     spec = write_spec(tmp_path / "spec.yaml", {**SPEC, "host_check": {"enabled": False}})
     report = dry_run(spec)
     timing, committee, budget = report.timing, SPEC["committee"], SPEC["budget"]
     assert 1e-5 < timing.train_s_per_config_epoch < 1.0 and 1e-5 < timing.relax_s_per_structure_step < 1.0
     assert report.workers == {"label": 2, "train": 2, "explore": 2}
-    # the default label budgets (2000 + 200) spent evenly: generation 1 of 2 trains fresh on half
-    config_epochs = committee["epochs"] * 2200 / 2 + committee["finetune_epochs"] * 2200
+    # the default label budgets spent evenly: generation 1 of 2 trains fresh on half
+    labels = BudgetSpec().low + BudgetSpec().high
+    config_epochs = committee["epochs"] * labels / 2 + committee["finetune_epochs"] * labels
     member_s = config_epochs * timing.train_s_per_config_epoch
     assert report.hours["training"] * 3600 == pytest.approx(ceil(committee["size"] / 2) * member_s)
     assert report.hours["campaign"] == pytest.approx(

@@ -88,7 +88,7 @@ def test_uncertainty_respects_budget_and_says_when_spent():
 
 def test_uncertainty_relaxes_from_cut_frames_with_the_oracle_when_asked():
     cand = spread_candidates([0.1, 0.9, 0.2], cut=[False, True, False])
-    plain = load_policy("committee-uncertainty").select(SelectionContext(budget_left={"low": 50}, candidates=cand))
+    plain = load_policy({"kind": "uncertainty"}).select(SelectionContext(budget_left={"low": 50}, candidates=cand))
     assert all(r.relax_steps == 0 for r in plain.requests)
     policy = load_policy({"kind": "uncertainty", "cut_relax_steps": 4, "cut_relax_fmax_eV_A": 0.1})
     result = policy.select(SelectionContext(budget_left={"low": 50}, candidates=cand))
@@ -176,7 +176,7 @@ def test_stratified_covers_every_charge_state_and_every_ground_state():
     gs = [ground_state(d, q, shift=0.1 * k) for k, (d, q) in enumerate(states)]
     gs[0].frame = 0  # already labelled at high: not requested again
     ctx = SelectionContext(budget_left={"low": 0, "high": 100}, frames=frames, labels=labels, basins=gs, seed=3)
-    policy = load_policy("stratified-high")
+    policy = load_policy({"kind": "stratified"})  # the kind's defaults: 10 %, single points
     requests = policy.select(ctx).requests
     first = requests[:3]
     assert all(r.fidelity == "high" and "ground-state" in r.reason for r in first)
@@ -209,7 +209,7 @@ def test_stratified_relaxes_the_lowest_frame_of_a_charge_state_without_ground_st
     assert [(r.frame, r.relax_steps) for r in relaxations[1:]] == [(lowest, 3)]
     assert relaxations[0].atoms is gs[0].atoms  # the candidate of v_X 0 is relaxed too
     assert "no ground-state candidate" in relaxations[1].reason
-    single_points = load_policy("stratified-high").select(ctx).requests  # without relaxations: nothing of this
+    single_points = load_policy({"kind": "stratified"}).select(ctx).requests  # without relaxations: nothing of this
     assert not any(r.relax_steps for r in single_points)
 
 
@@ -252,7 +252,7 @@ def test_stratified_respects_budget_ground_states_first():
     frames, labels = store_tables(states, 10)
     gs = [ground_state(d, q, shift=0.1 * k) for k, (d, q) in enumerate(states)]
     ctx = SelectionContext(budget_left={"high": 3}, frames=frames, labels=labels, basins=gs)
-    result = load_policy("stratified-high").select(ctx)
+    result = load_policy({"kind": "stratified"}).select(ctx)
     assert len(result.requests) == 3 and all("ground-state" in r.reason for r in result.requests)
     assert result.budget_exhausted["high"] and result.dropped["high"] == 2 + 5
 
@@ -292,12 +292,13 @@ def seed_candidates():
 
 def test_bootstrap_labels_all_seeds_low_and_unperturbed_plus_fraction_high():
     cand = seed_candidates()  # 2 defects x 3 charges x 15 seeds = 90
-    policy = load_policy("bootstrap")
+    policy = load_policy("bootstrap")  # the preset: ShakeNBreak's screen, every seed relaxed at `low`
     assert policy.phase == "bootstrap"
-    result = policy.select(SelectionContext(budget_left={"low": 1000, "high": 1000}, candidates=cand))
+    result = policy.select(SelectionContext(budget_left={"low": 90 * 151, "high": 1000}, candidates=cand))
     low = [r for r in result.requests if r.fidelity == "low"]
     high = [r for r in result.requests if r.fidelity == "high"]
-    assert sorted(r.frame for r in low) == list(range(90)) and all(r.relax_steps == 0 for r in low)
+    assert sorted(r.frame for r in low) == list(range(90))
+    assert all(r.relax_steps == 150 and r.relax_fmax_eV_A == 0.02 for r in low)
     assert len(high) == 9  # ceil(10 % of 90)
     picked = cand.set_index("frame").loc[[r.frame for r in high]]
     unperturbed = picked[picked["seed"] == "Unperturbed"]
@@ -394,7 +395,7 @@ def test_candidate_table_from_relaxations():
     assert list(table["basin"]) == [0, 0, -1, -1]
     assert list(table["cut"]) == [False, False, False, True]
     assert list(table["frame"]) == [-1] * 4 and len(atoms) == 4
-    requests = load_policy("committee-uncertainty").select(
+    requests = load_policy({"kind": "uncertainty"}).select(  # single points: 3 calls
         SelectionContext(budget_left={"low": 10}, candidates=table, atoms=atoms)
     ).requests
     assert [r.atoms for r in requests] == [atoms[3], atoms[2], atoms[0]]

@@ -45,7 +45,10 @@ def test_valid_spec_loads_with_defaults_and_absolute_paths(tmp_path):
     assert spec.host.structure == (tmp_path / "SiC_prim.vasp").resolve()
     assert spec.defects[0].vacancy == "Si" and spec.defects[0].charges == [0, -1, -2]
     assert spec.fidelities["high"].settings["max_iterations"] == 500
-    assert spec.committee.size == 4
+    committee = spec.committee  # the measured recipe (docs/benchmarks.md, "Defaults")
+    assert (committee.size, committee.bootstrap, committee.model.num_channels, committee.trajectory_stride) == (2, False, 16, 3)
+    assert (committee.hot_force_eV_A, committee.ema_decay, committee.sparse_head_ratio) == (1.0, 0.99, 5.0)
+    assert (spec.exploration.start_head, spec.exploration.trust_relative) == ("low", 0.5)
     assert spec.convergence.rmsd == 0.05 and spec.convergence.patience == 2
     assert spec.convergence.confirm.fmax == 0.02 and spec.convergence.confirm.steps == 200
 

@@ -143,8 +143,8 @@ class TrainSettings:
     ``ema_decay`` keeps an exponential moving average of the weights over optimiser
     steps and saves it (MACE's own training does the same; None: the last weights).
 
-    The three are off by default (measured on the paper's case, docs/benchmarks.md; not
-    yet inside the loop). With ``sparse_head_ratio``, a fresh model whose heads differ in
+    The three are off here (a bare optimiser); a campaign turns them on by default
+    (``CommitteeSpec``: measured on the paper's case, docs/benchmarks.md). With ``sparse_head_ratio``, a fresh model whose heads differ in
     size (a head with data but fewer than ``1 / sparse_head_ratio`` of the largest head's
     frames: ``high`` beside dense ``low``) trains in two stages: the dense heads alone for
     ``1 - sparse_epochs_fraction`` of the epochs, then every head, the sparse ones starting from a copy of a dense head's
