@@ -178,7 +178,7 @@ class ExplorationSpec(Block):
 
 
 class BudgetSpec(Block):
-    low: int = Field(default=6000, ge=0, description="`low` calls; the dense screen of 45 16-atom seeds takes ~3100")
+    low: int = Field(default=10000, ge=0, description="`low` calls; the screen reserves 151 per seed (45 seeds: 6795) and uses ~70")
     high: int = Field(default=200, ge=0)
     confirm_high: int = Field(
         default=600, ge=0,
