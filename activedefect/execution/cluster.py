@@ -48,6 +48,28 @@ def die_with_parent() -> None:
         log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
 
 
+class _WorkerKilledAtShutdown(logging.Filter):
+    """Drop the nanny's "Worker process still alive after 4.0 seconds, killing" when our
+    own LocalCluster closes at the end of a run: every task is done by then, and a worker
+    busy releasing its model's memory is stopped as intended (logged at debug instead)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Worker process still alive after"):
+            log.debug("at shutdown: %s", record.getMessage())
+            return False
+        return True
+
+
+@contextmanager
+def _quiet_worker_shutdown() -> Iterator[None]:
+    nanny_log, quiet = logging.getLogger("distributed.nanny"), _WorkerKilledAtShutdown()
+    nanny_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        nanny_log.removeFilter(quiet)
+
+
 @dataclass
 class ClusterHandle:
     client: Client
@@ -100,7 +122,8 @@ def open_cluster(
         yield ClusterHandle(client, link, link.replace("/status", "/activedefect"))
     finally:
         client.close()
-        cluster.close()
+        with _quiet_worker_shutdown():
+            cluster.close()
 
 
 def workers_offering(client: Client, resource: str) -> int:
