@@ -144,11 +144,14 @@ class TrainSettings:
     steps and saves it (MACE's own training does the same; None: the last weights).
 
     The three are off here (a bare optimiser); a campaign turns them on by default
-    (``CommitteeSpec``: measured on the paper's case, docs/benchmarks.md). With ``sparse_head_ratio``, a fresh model whose heads differ in
-    size (a head with data but fewer than ``1 / sparse_head_ratio`` of the largest head's
-    frames: ``high`` beside dense ``low``) trains in two stages: the dense heads alone for
-    ``1 - sparse_epochs_fraction`` of the epochs, then every head, the sparse ones starting from a copy of a dense head's
-    readout (their own E0s), at ``lr * warm_lr_factor``. Trained together from scratch, a
+    (``CommitteeSpec``: measured on the paper's case, docs/benchmarks.md).
+
+    With ``sparse_head_ratio``, a fresh model whose heads differ in size (a head with
+    data but fewer than ``1 / sparse_head_ratio`` of the largest head's frames: ``high``
+    beside dense ``low``) trains in two stages: the dense heads alone for
+    ``1 - sparse_epochs_fraction`` of the epochs, then every head, the sparse ones
+    starting from a copy of a dense head's readout (their own E0s), at
+    ``lr * warm_lr_factor``. Trained together from scratch, a
     sparse head's readout overfits its few labels; started from the dense head's, it
     learns the correction (None: one stage).
     """
