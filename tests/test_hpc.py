@@ -263,7 +263,12 @@ def test_jobqueue_cluster_with_pools_runs_labels_and_training_on_their_pools(vac
     assert len(list(jobs.glob("job-*.sh"))) == 2
 
 
-def test_closing_our_cluster_on_a_busy_worker_prints_no_nanny_warning(caplog):
+def _start_then_sleep(marker: str) -> None:
+    Path(marker).touch()
+    time.sleep(60)
+
+
+def test_closing_our_cluster_on_a_busy_worker_prints_no_nanny_warning(caplog, tmp_path):
     """A worker still inside a task when the campaign's LocalCluster closes is killed by its
     nanny after 4 s, as intended; the nanny's warning about it is kept out of the terminal
     (our logger records it at debug)."""
@@ -271,10 +276,11 @@ def test_closing_our_cluster_on_a_busy_worker_prints_no_nanny_warning(caplog):
 
     caplog.set_level(logging.DEBUG, logger="activedefect.execution.cluster")
     with open_cluster(ClusterSpec(workers=1, dashboard_address=":0")) as handle:
-        handle.client.submit(time.sleep, 60, pure=False)
-        deadline = time.time() + 30
-        while not any(handle.client.processing().values()):  # the worker is inside the task
-            assert time.time() < deadline
+        marker = tmp_path / "started"
+        handle.client.submit(_start_then_sleep, str(marker), pure=False)
+        deadline = time.time() + 120
+        while not marker.exists():  # the worker is inside the task
+            assert time.time() < deadline, "the task never started"
             time.sleep(0.1)
     shown = [r for r in caplog.records if r.name == "distributed.nanny" and "still alive" in r.getMessage()]
     debug = [r for r in caplog.records if r.name == "activedefect.execution.cluster" and "still alive" in r.getMessage()]
