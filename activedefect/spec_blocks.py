@@ -103,8 +103,8 @@ class HostCheckSpec(Block):
 
 
 class ModelSpec(Block):
-    """MACE architecture; the defaults (16 channels, r_max 4.5 Å: ~4x the training throughput of 32
-    channels at 5 Å) train a 16-atom cell at ~100 configurations x epochs per second on one CPU core."""
+    """MACE architecture; the defaults (16 channels, r_max 4.5 Å) train 16-atom SiC cells at
+    122-135 configurations x epochs per second on one CPU core, 1.9-2.0x 32 channels at 5 Å."""
 
     num_channels: int = Field(default=16, gt=0)
     max_L: int = Field(default=0, ge=0, le=3)
@@ -188,6 +188,11 @@ class BudgetSpec(Block):
     walltime_s: float | None = Field(default=None, gt=0)
 
 
+#: BFGS's initial Hessian (× identity, eV/Å²) for `high` relaxations from near a minimum:
+#: 61 calls for the paper case's nine confirm starts at 30, 89 at ASE's 70 (docs/benchmarks.md).
+BFGS_ALPHA_EV_A2 = 30.0
+
+
 class ConfirmSpec(Block):
     fmax: float = Field(default=0.02, gt=0, description="eV/Å")
     steps: int = Field(default=200, gt=0)
@@ -196,7 +201,9 @@ class ConfirmSpec(Block):
         description="ASE optimiser of the `high` relaxations; they start near a minimum, where BFGS needs a "
         "third of FIRE's calls (docs/benchmarks.md)",
     )
-    bfgs_alpha_eV_A2: float = Field(default=30.0, gt=0, description="eV/Å², BFGS's initial Hessian (× identity)")
+    bfgs_alpha_eV_A2: float = Field(
+        default=BFGS_ALPHA_EV_A2, gt=0, description="eV/Å², BFGS's initial Hessian (× identity)"
+    )
     low_minima: int = Field(
         default=2, ge=0,
         description="also relax the lowest N distinct `low` minima (each seed lineage's lowest `low` frame) per "

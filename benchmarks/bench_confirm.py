@@ -24,7 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir")
     parser.add_argument("--optimizers", default="fire,bfgs:70,bfgs:30",
-                        help="comma-separated: fire, or bfgs:ALPHA (initial Hessian, eV/Å²; bfgs alone: 30)")
+                        help="comma-separated: fire, or bfgs:ALPHA (initial Hessian, eV/Å²; bfgs alone: the spec's)")
     args = parser.parse_args()
     campaign = Campaign.open(args.run_dir)
     store, call = campaign.results().store, campaign.backend_call("high")
@@ -40,7 +40,7 @@ def main() -> None:
                 kind, _, alpha = name.partition(":")
                 began = time.perf_counter()
                 relaxation = relax_with_oracle(call, start, confirm.fmax, confirm.steps, {}, optimizer=kind,
-                                               bfgs_alpha_eV_A2=float(alpha or 30.0))
+                                               bfgs_alpha_eV_A2=float(alpha or confirm.bfgs_alpha_eV_A2))
                 _, end = relaxation.path[-1]
                 totals[name] += len(relaxation.path)
                 cells.append(f"{len(relaxation.path):3d} calls {end.energy_eV:11.4f} eV "

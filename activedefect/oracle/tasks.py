@@ -13,6 +13,7 @@ from ase.optimize import BFGS, FIRE
 
 from activedefect.geometry import CHARGE_KEY, SPIN_KEY, content_hash
 from activedefect.labels import LabelResult
+from activedefect.spec_blocks import BFGS_ALPHA_EV_A2
 
 
 def _one_thread() -> None:
@@ -74,7 +75,7 @@ class OracleRelaxation:
 
 def relax_with_oracle(
     call: BackendCall, atoms: Atoms, fmax: float, steps: int, known: dict[str, LabelResult],
-    journal: str | None = None, optimizer: str = "fire", bfgs_alpha_eV_A2: float = 30.0,
+    journal: str | None = None, optimizer: str = "fire", bfgs_alpha_eV_A2: float = BFGS_ALPHA_EV_A2,
 ) -> OracleRelaxation:
     """Relax ``atoms`` with the backend (the confirm step, bootstrap and ground-state
     relaxations); geometries already labelled in ``known`` (by content hash) are replayed,
