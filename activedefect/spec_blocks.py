@@ -151,6 +151,10 @@ class CommitteeSpec(Block):
         default=5.0, gt=1, description="a fresh model trains a head with < 1/ratio of the largest head's labels "
         "after the dense heads (None: all heads at once)"
     )
+    sample_by_weight: bool = Field(
+        default=True, description="each epoch draws frames in proportion to their loss weight (minima emphasis, "
+        "hot-force factor) instead of visiting every frame once: optimiser steps go where the weight is"
+    )
     model: ModelSpec = ModelSpec()
 
 

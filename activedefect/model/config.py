@@ -143,7 +143,15 @@ class TrainSettings:
     ``ema_decay`` keeps an exponential moving average of the weights over optimiser
     steps and saves it (MACE's own training does the same; None: the last weights).
 
-    The three are off here (a bare optimiser); a campaign turns them on by default
+    ``sample_by_weight`` draws each epoch's frames with replacement in proportion to
+    their weight and lets each count once, instead of visiting every frame once with its
+    weight: the same expected loss, but the optimiser steps go where the weight is (the
+    minima) rather than to hot frames weighted down to a few percent. Measured on the
+    quickstart's 970 labels, one member, 40 epochs: in-sample `low` error 78 → 38
+    meV/atom in the same 5 minutes (docs/benchmarks.md).
+
+    These three and ``sparse_head_ratio`` below are off here (a bare optimiser); a
+    campaign turns them on by default
     (``CommitteeSpec``: measured on the paper's case, docs/benchmarks.md).
 
     With ``sparse_head_ratio``, a fresh model whose heads differ in size (a head with
@@ -169,6 +177,7 @@ class TrainSettings:
     ema_decay: float | None = None
     sparse_head_ratio: float | None = None
     sparse_epochs_fraction: float = 0.25
+    sample_by_weight: bool = False
     num_threads: int = 1
     device: str = "auto"
 

@@ -29,10 +29,13 @@ def optimise(model: torch.nn.Module, graphs: Sequence[Any], epochs: int, lr0: fl
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
     )
-    loader = torch_geometric.DataLoader(
-        graphs, batch_size=settings.batch_size, shuffle=True, drop_last=False,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    generator = torch.Generator().manual_seed(seed)
+    if settings.sample_by_weight:  # frames drawn in proportion to their weight, each then weighing 1
+        weights = torch.stack([g.weight for g in graphs]).double()
+        sampler = torch.utils.data.WeightedRandomSampler(weights, len(graphs), replacement=True, generator=generator)
+        loader = torch_geometric.DataLoader(graphs, batch_size=settings.batch_size, sampler=sampler)
+    else:
+        loader = torch_geometric.DataLoader(graphs, batch_size=settings.batch_size, shuffle=True, generator=generator)
     history: list[float] = []
     ema = [p.detach().clone() for p in model.parameters()] if settings.ema_decay else None
     n_updates = 0
@@ -42,7 +45,8 @@ def optimise(model: torch.nn.Module, graphs: Sequence[Any], epochs: int, lr0: fl
         for batch in loader:
             batch = batch.to(settings.device)
             optimizer.zero_grad(set_to_none=True)
-            loss, _, _ = _loss_terms(model, batch, batch.weight, settings)
+            weights = torch.ones_like(batch.weight) if settings.sample_by_weight else batch.weight
+            loss, _, _ = _loss_terms(model, batch, weights, settings)
             loss.backward()
             if settings.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad_norm)

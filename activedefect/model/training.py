@@ -51,7 +51,7 @@ def train_settings(spec: CampaignSpec) -> TrainSettings:
     committee = spec.committee
     return TrainSettings(lr=committee.learning_rate, batch_size=committee.batch_size,
                          hot_force_eV_A=committee.hot_force_eV_A, ema_decay=committee.ema_decay,
-                         sparse_head_ratio=committee.sparse_head_ratio)
+                         sparse_head_ratio=committee.sparse_head_ratio, sample_by_weight=committee.sample_by_weight)
 
 
 def training_data(
