@@ -152,8 +152,9 @@ class CommitteeSpec(Block):
         "after the dense heads (None: all heads at once)"
     )
     sample_by_weight: bool = Field(
-        default=True, description="each epoch draws frames in proportion to their loss weight (minima emphasis, "
-        "hot-force factor) instead of visiting every frame once: optimiser steps go where the weight is"
+        default=False, description="each epoch draws frames in proportion to their loss weight (minima emphasis, "
+        "hot-force factor) instead of visiting every frame once: optimiser steps go where the weight is; opt-in "
+        "(the tests' 15-epoch campaign found no committee minimum with it, docs/benchmarks.md)"
     )
     model: ModelSpec = ModelSpec()
 

@@ -150,8 +150,8 @@ class TrainSettings:
     quickstart's 970 labels, one member, 40 epochs: in-sample `low` error 78 → 38
     meV/atom in the same 5 minutes (docs/benchmarks.md).
 
-    These three and ``sparse_head_ratio`` below are off here (a bare optimiser); a
-    campaign turns them on by default
+    ``hot_force_eV_A``, ``ema_decay`` and ``sparse_head_ratio`` below are off here (a
+    bare optimiser) and on in a campaign by default; ``sample_by_weight`` is opt-in in both
     (``CommitteeSpec``: measured on the paper's case, docs/benchmarks.md).
 
     With ``sparse_head_ratio``, a fresh model whose heads differ in size (a head with
