@@ -17,7 +17,8 @@ from activedefect.model.config import TrainSettings
 
 def optimise(model: torch.nn.Module, graphs: Sequence[Any], epochs: int, lr0: float, settings: TrainSettings,
              seed: int) -> list[float]:
-    """``epochs`` of Adam (amsgrad) over ``graphs`` (each with its ``weight``), the rate
+    """``epochs`` of Adam (amsgrad) over ``graphs`` (each with its ``weight``, or drawn in
+    proportion to it with ``sample_by_weight``), the rate
     cosine-decayed from ``lr0`` to ``lr0 * lr_final_factor``; with ``ema_decay`` the model
     ends holding the moving average. Returns the mean loss of every epoch."""
     if epochs < 1 or not graphs:
@@ -30,7 +31,8 @@ def optimise(model: torch.nn.Module, graphs: Sequence[Any], epochs: int, lr0: fl
         optimizer, lambda step: final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
     )
     generator = torch.Generator().manual_seed(seed)
-    if settings.sample_by_weight:  # frames drawn in proportion to their weight, each then weighing 1
+    weigh_loss = not settings.sample_by_weight  # drawn in proportion to its weight, a frame then weighs 1
+    if settings.sample_by_weight:
         weights = torch.stack([g.weight for g in graphs]).double()
         sampler = torch.utils.data.WeightedRandomSampler(weights, len(graphs), replacement=True, generator=generator)
         loader = torch_geometric.DataLoader(graphs, batch_size=settings.batch_size, sampler=sampler)
@@ -45,8 +47,7 @@ def optimise(model: torch.nn.Module, graphs: Sequence[Any], epochs: int, lr0: fl
         for batch in loader:
             batch = batch.to(settings.device)
             optimizer.zero_grad(set_to_none=True)
-            weights = torch.ones_like(batch.weight) if settings.sample_by_weight else batch.weight
-            loss, _, _ = _loss_terms(model, batch, weights, settings)
+            loss, _, _ = _loss_terms(model, batch, batch.weight if weigh_loss else torch.ones_like(batch.weight), settings)
             loss.backward()
             if settings.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad_norm)
